@@ -1,0 +1,272 @@
+//! Settings: one list, three sources.
+//!
+//! Every setting is declared once in the `settings!` invocation below and is
+//! then available as a CLI flag (`--max-frame-size`), an environment variable
+//! (`STAMPEDE_MAX_FRAME_SIZE`) and a TOML key in `--config FILE`
+//! (`max_frame_size = 65536`). Precedence: flag > env > file > default.
+//! `stampede --help` prints every setting with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Where a listener binds, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// The listener is disabled.
+    Off,
+    /// Bind this address (port 0 picks a free port, printed on start-up).
+    On(SocketAddr),
+}
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse::<SocketAddr>()
+            .map(Listen::On)
+            .map_err(|e| format!("`{s}` is neither `off` nor an address like 127.0.0.1:61613: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Off => f.write_str("off"),
+            Listen::On(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// Declares the settings: the clap parser (`Cli`), the TOML file shape
+/// (`FileConfig`) and the resolved `Config`, from one list.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident : $ty:ty = $default:expr, env $env:literal, default_help $dh:literal;
+    )*) => {
+        /// Command line. Every value is optional so that env, file and default
+        /// can fill what the flag leaves out.
+        #[derive(Debug, Parser)]
+        #[command(name = "stampede", version, about = "Thread-per-core STOMP-over-WebSocket group-chat server")]
+        pub struct Cli {
+            /// TOML file with any of the settings below (keys are the flag names with `_` for `-`).
+            #[arg(long, env = "STAMPEDE_CONFIG")]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[doc = concat!("\n\n[default: ", $dh, "]")]
+                #[arg(long, env = $env)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// The `--config` TOML file. Unknown keys are an error, so typos do not
+        /// pass silently.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct FileConfig {
+            $( pub $name: Option<$ty>, )*
+        }
+
+        /// The resolved settings every part of the server reads.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Config {
+            /// Flag (or env, which clap folds into the flag) > file > default.
+            pub fn resolve(cli: Cli, file: FileConfig) -> Config {
+                Config {
+                    $( $name: cli.$name.or(file.$name).unwrap_or_else(|| $default), )*
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    /// HTTP and WebSocket listener (STOMP endpoint path `/ws`).
+    listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(), env "STAMPEDE_LISTEN", default_help "127.0.0.1:8080";
+    /// Plain STOMP-over-TCP listener, or `off`.
+    stomp_listen: Listen = Listen::On("127.0.0.1:61613".parse().unwrap()), env "STAMPEDE_STOMP_LISTEN", default_help "127.0.0.1:61613";
+    /// Number of shards (one pinned executor each). More shards than cores is
+    /// allowed: they are pinned round-robin. 0 means one per core.
+    shards: usize = 0, env "STAMPEDE_SHARDS", default_help "0 = number of cores";
+    /// Directory for the database and the instance lock file.
+    data_dir: PathBuf = PathBuf::from("data"), env "STAMPEDE_DATA_DIR", default_help "./data";
+    /// Most open client connections for the whole process, split evenly over
+    /// shards. 0 means the process's open-file limit minus 64 for listeners,
+    /// the database and logs — the most the kernel lets us hold anyway.
+    max_connections: usize = 0, env "STAMPEDE_MAX_CONNECTIONS", default_help "0 = RLIMIT_NOFILE - 64";
+    /// Largest STOMP frame (command, headers and body) in bytes. 64 KiB is
+    /// Spring's default message size limit, so clients moving over keep working.
+    max_frame_size: usize = 64 * 1024, env "STAMPEDE_MAX_FRAME_SIZE", default_help "65536";
+    /// Most headers in one frame. Chat clients send fewer than 10; 64 leaves
+    /// room for application headers while bounding per-frame work.
+    max_headers: usize = 64, env "STAMPEDE_MAX_HEADERS", default_help "64";
+    /// Longest single header line (or command line) in bytes. 8 KiB holds a
+    /// large JWT in `passcode` or `Authorization`.
+    max_header_length: usize = 8 * 1024, env "STAMPEDE_MAX_HEADER_LENGTH", default_help "8192";
+    /// Most subscriptions one connection may hold (a chat client subscribes to
+    /// each of its rooms; a few hundred is generous).
+    max_subscriptions: usize = 256, env "STAMPEDE_MAX_SUBSCRIPTIONS", default_help "256";
+    /// Most open transactions one connection may hold at once.
+    max_transactions: usize = 16, env "STAMPEDE_MAX_TRANSACTIONS", default_help "16";
+    /// Most SEND/ACK/NACK frames one transaction may hold until COMMIT
+    /// (bounds the memory a transaction pins to max_frame_size times this).
+    max_transaction_frames: usize = 1024, env "STAMPEDE_MAX_TRANSACTION_FRAMES", default_help "1024";
+    /// Most delivered-but-unacknowledged messages per `client` or
+    /// `client-individual` subscription; beyond it the client is told it is
+    /// not acknowledging and is disconnected (8 bytes each).
+    max_pending_acks: usize = 4096, env "STAMPEDE_MAX_PENDING_ACKS", default_help "4096";
+    /// Most bytes queued for one connection that its socket has not taken
+    /// yet. A subscriber that falls further behind is a slow consumer: it gets
+    /// an ERROR and is closed, so it never slows the room or grows memory.
+    /// 1 MiB is 16 maximum-size frames or ~5,000 typical chat messages.
+    max_outbound_bytes: usize = 1024 * 1024, env "STAMPEDE_MAX_OUTBOUND_BYTES", default_help "1048576";
+    /// How often the server can send heart-beats (ms), offered in CONNECTED.
+    /// 10 s matches stompjs's default. 0 disables server heart-beats.
+    heartbeat_send_ms: u64 = 10_000, env "STAMPEDE_HEARTBEAT_SEND_MS", default_help "10000";
+    /// How often the server wants to hear from clients (ms), offered in
+    /// CONNECTED. A client silent for twice the negotiated interval is closed.
+    heartbeat_receive_ms: u64 = 10_000, env "STAMPEDE_HEARTBEAT_RECEIVE_MS", default_help "10000";
+    /// A connection that has not completed the WebSocket upgrade and CONNECT
+    /// within this many ms is closed (protects against idle or slow-loris sockets).
+    connect_timeout_ms: u64 = 10_000, env "STAMPEDE_CONNECT_TIMEOUT_MS", default_help "10000";
+    /// Capacity of each shard-to-shard SPSC channel, in batches. The notes
+    /// measured 1024 as the point below which both sides sleep and wake.
+    mesh_capacity: usize = 1024, env "STAMPEDE_MESH_CAPACITY", default_help "1024";
+    /// Items queued for one peer shard above which connections on this shard
+    /// stop being read until the queue drains (back-pressure, never loss).
+    max_peer_queue: usize = 65_536, env "STAMPEDE_MAX_PEER_QUEUE", default_help "65536";
+    /// Listen backlog per shard socket. glommio's own bind hard-codes 1024;
+    /// a storm of thousands of simultaneous connects needs more (the kernel
+    /// caps it at net.core.somaxconn).
+    listen_backlog: i32 = 4096, env "STAMPEDE_LISTEN_BACKLOG", default_help "4096";
+    /// Memory registered with io_uring per shard, in KiB. glommio's 10 MiB
+    /// default costs ~10 MB RSS per shard; our sockets read into one scratch
+    /// buffer and never use registered buffers, so 512 KiB (the least an
+    /// executor starts with) is enough.
+    io_memory_kib: usize = 512, env "STAMPEDE_IO_MEMORY_KIB", default_help "512";
+    /// How long an idle shard spins before it parks (µs). Spinning cuts a
+    /// cross-shard hop from ~80 µs to ~13 µs but burns CPU while idle.
+    spin_before_park_us: u64 = 0, env "STAMPEDE_SPIN_BEFORE_PARK_US", default_help "0";
+    /// glommio's preemption timer (ms): how often a busy shard checks for
+    /// wake-ups from plain threads. 100 ms (glommio's default) delays such
+    /// results by up to that; 2 ms keeps them sub-millisecond-ish.
+    preempt_timer_ms: u64 = 2, env "STAMPEDE_PREEMPT_TIMER_MS", default_help "2";
+}
+
+/// Parse flags and env, read the `--config` file if any, and resolve.
+pub fn load() -> Result<Config, String> {
+    let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .map_err(|e| format!("bad config file {}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let mut cfg = Config::resolve(cli, file);
+    cfg.finish()?;
+    Ok(cfg)
+}
+
+impl Config {
+    /// Fill the "0 = automatic" settings and check ranges.
+    fn finish(&mut self) -> Result<(), String> {
+        if self.shards == 0 {
+            self.shards = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+        }
+        if self.max_connections == 0 {
+            self.max_connections = (nofile_limit().saturating_sub(64)).max(1);
+        }
+        let at_least = |v: usize, min: usize, name: &str| {
+            if v < min {
+                Err(format!("{name} must be at least {min} (got {v})"))
+            } else {
+                Ok(())
+            }
+        };
+        at_least(self.max_frame_size, 256, "max_frame_size")?;
+        at_least(self.max_headers, 4, "max_headers")?;
+        at_least(self.max_header_length, 64, "max_header_length")?;
+        at_least(
+            self.max_outbound_bytes,
+            self.max_frame_size,
+            "max_outbound_bytes (>= max_frame_size)",
+        )?;
+        at_least(self.mesh_capacity, 2, "mesh_capacity")?;
+        at_least(self.io_memory_kib, 512, "io_memory_kib")?;
+        if self.shards > 1024 {
+            return Err(format!("shards must be at most 1024 (got {})", self.shards));
+        }
+        Ok(())
+    }
+
+    /// Connections each shard accepts (the process limit split evenly).
+    pub fn max_connections_per_shard(&self) -> usize {
+        self.max_connections.div_ceil(self.shards)
+    }
+}
+
+/// The soft RLIMIT_NOFILE of this process.
+fn nofile_limit() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur as usize
+    } else {
+        1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let cli = Cli::parse_from(["stampede", "--max-headers", "9"]);
+        let file: FileConfig =
+            toml::from_str("max_headers = 7\nmax_subscriptions = 5\nstomp_listen = \"off\"")
+                .unwrap();
+        let cfg = Config::resolve(cli, file);
+        assert_eq!(cfg.max_headers, 9);
+        assert_eq!(cfg.max_subscriptions, 5);
+        assert_eq!(cfg.stomp_listen, Listen::Off);
+        assert_eq!(cfg.max_frame_size, 65536);
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        assert!(toml::from_str::<FileConfig>("max_headerz = 7").is_err());
+    }
+
+    #[test]
+    fn listen_parses_off_and_addresses() {
+        assert_eq!("OFF".parse::<Listen>().unwrap(), Listen::Off);
+        assert!("nonsense".parse::<Listen>().is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! A chat message on its way: `Draft` (as published) → `Sequenced` (the
+//! owner gave it a place in the room) → `Encoded` (the bytes every local
+//! subscriber of one STOMP version shares).
+
+use crate::stomp::frame::{Escaping, Version, escape_into};
+
+/// Headers the server sets on MESSAGE; a SEND cannot supply them.
+pub const RESERVED_HEADERS: [&str; 10] = [
+    "destination",
+    "receipt",
+    "transaction",
+    "content-length",
+    "message-id",
+    "subscription",
+    "ack",
+    "x-seq",
+    "x-sender",
+    "x-timestamp",
+];
+
+/// A published message before it has a sequence number.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub room: Box<str>,
+    /// The authenticated user (`x-sender`).
+    pub sender: Box<str>,
+    /// User headers of the SEND, unescaped, first occurrence of each name.
+    pub headers: Vec<(Box<str>, Box<str>)>,
+    pub body: Box<[u8]>,
+}
+
+/// A message with its place in the room's order.
+#[derive(Debug, Clone)]
+pub struct Sequenced {
+    pub draft: Draft,
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch, taken by the owner.
+    pub timestamp_ms: u64,
+}
+
+/// The shared tail of a MESSAGE frame: every header but `subscription` and
+/// `ack`, the blank line, body and NUL. Built once per message, version and
+/// shard; copied behind each subscriber's own `MESSAGE\nsubscription:..\n`.
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    /// Whether the frame is valid UTF-8 (then it goes out as a text message).
+    pub utf8: bool,
+}
+
+impl Sequenced {
+    /// Encode the shared part for subscribers of `version`.
+    pub fn encode(&self, version: Version) -> Encoded {
+        // STOMP 1.0 has no escaping; a value with a line break cannot be
+        // written raw, so 1.0 subscribers get 1.1 escaping for such values.
+        let esc = match version {
+            Version::V10 | Version::V11 => Escaping::V11,
+            Version::V12 => Escaping::V12,
+        };
+        let d = &self.draft;
+        let mut b = Vec::with_capacity(160 + d.room.len() * 2 + d.body.len());
+        b.extend_from_slice(b"destination:/topic/");
+        b.extend_from_slice(d.room.as_bytes());
+        b.extend_from_slice(b"\nmessage-id:");
+        b.extend_from_slice(d.room.as_bytes());
+        b.push(b':');
+        b.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        b.extend_from_slice(b"\nx-seq:");
+        b.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        b.extend_from_slice(b"\nx-sender:");
+        escape_into(&mut b, &d.sender, esc);
+        b.extend_from_slice(b"\nx-timestamp:");
+        b.extend_from_slice(itoa::Buffer::new().format(self.timestamp_ms).as_bytes());
+        b.push(b'\n');
+        for (k, v) in &d.headers {
+            escape_into(&mut b, k, esc);
+            b.push(b':');
+            escape_into(&mut b, v, esc);
+            b.push(b'\n');
+        }
+        b.extend_from_slice(b"content-length:");
+        b.extend_from_slice(itoa::Buffer::new().format(d.body.len()).as_bytes());
+        b.extend_from_slice(b"\n\n");
+        b.extend_from_slice(&d.body);
+        b.push(0);
+        Encoded {
+            bytes: b,
+            utf8: std::str::from_utf8(&d.body).is_ok(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_server_headers_first_and_escapes_user_headers() {
+        let m = Sequenced {
+            draft: Draft {
+                room: "r1".into(),
+                sender: "al:ice".into(),
+                headers: vec![("k".into(), " v\n".into())],
+                body: b"hi".to_vec().into(),
+            },
+            seq: 7,
+            timestamp_ms: 42,
+        };
+        let e = m.encode(Version::V12);
+        assert_eq!(
+            std::str::from_utf8(&e.bytes).unwrap(),
+            "destination:/topic/r1\nmessage-id:r1:7\nx-seq:7\nx-sender:al\\cice\nx-timestamp:42\nk: v\\n\ncontent-length:2\n\nhi\0"
+        );
+        assert!(e.utf8);
+        let mut bin = m.clone();
+        bin.draft.body = vec![0xff, 0].into();
+        assert!(!bin.encode(Version::V11).utf8);
+    }
+}

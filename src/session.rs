@@ -1,0 +1,572 @@
+//! The STOMP session of one connection: what each client frame does.
+//!
+//! Runs on the connection's shard with the connection borrowed; anything that
+//! touches other connections (publishing, fan-out) is queued on the shard and
+//! runs after the borrow ends (`Shard::run_work`).
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
+use crate::conn::{ConnRef, ConnToken, Out};
+use crate::router::message::RESERVED_HEADERS;
+use crate::router::{AckMode, Draft, room_of};
+use crate::shard::Shard;
+use crate::stomp::frame::{Command, Escaping, Frame, Version, escape_into};
+use crate::ws::framing::close_code;
+
+/// Versions we speak, for the ERROR `version` header.
+pub const SUPPORTED_VERSIONS: &str = "1.0,1.1,1.2";
+
+/// A STOMP-level failure: becomes an ERROR frame, then the connection closes.
+#[derive(Debug)]
+pub struct StompError {
+    /// The ERROR `message` header (short, stable wording tests can match).
+    pub message: Cow<'static, str>,
+    /// The ERROR body.
+    pub detail: String,
+    /// WebSocket close code to use after the ERROR.
+    pub close_code: u16,
+    /// Add the `version` header (failed version negotiation).
+    pub version_header: bool,
+}
+
+impl StompError {
+    pub fn protocol(
+        message: impl Into<Cow<'static, str>>,
+        detail: impl Into<String>,
+    ) -> StompError {
+        StompError {
+            message: message.into(),
+            detail: detail.into(),
+            close_code: close_code::PROTOCOL_ERROR,
+            version_header: false,
+        }
+    }
+
+    pub fn limit(message: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> StompError {
+        StompError {
+            close_code: close_code::POLICY,
+            ..StompError::protocol(message, detail)
+        }
+    }
+
+    fn missing(header: &str, command: Command) -> StompError {
+        StompError::protocol(
+            format!("missing header '{header}'"),
+            format!("{} requires the '{header}' header", command.name()),
+        )
+    }
+
+    /// Write this error as an ERROR frame and start closing.
+    pub fn write(&self, out: &mut Out, receipt: Option<&str>) {
+        let extra: &[(&str, &str)] = if self.version_header {
+            &[("version", SUPPORTED_VERSIONS)]
+        } else {
+            &[]
+        };
+        out.error(&self.message, receipt, extra, &self.detail, self.close_code);
+    }
+}
+
+/// One subscription of this connection.
+#[derive(Debug)]
+pub struct SubState {
+    /// The client's `id`.
+    pub id: Box<str>,
+    /// Connection-local number, part of the `ack` ids we hand out.
+    pub n: u32,
+    pub room: Box<str>,
+    pub mode: AckMode,
+    /// Key of our entry in the shard's `LocalRoom::subs`.
+    pub local_key: usize,
+    /// Sequence numbers delivered and not yet acknowledged (client modes).
+    pub pending: VecDeque<u64>,
+}
+
+/// A SEND/ACK/NACK held by an open transaction until COMMIT.
+#[derive(Debug)]
+struct Held {
+    command: Command,
+    headers: Vec<(Box<str>, Box<str>)>,
+    body: Box<[u8]>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub connected: bool,
+    pub version: Version,
+    /// The user (`x-sender`): the CONNECT `login`, or `anonymous`.
+    pub user: Box<str>,
+    pub subs: Vec<SubState>,
+    next_sub_n: u32,
+    txs: Vec<(Box<str>, Vec<Held>)>,
+    /// Negotiated heart-beat intervals in ms (0 = off): how often we send,
+    /// and how often we must hear from the client.
+    pub hb_send_ms: u64,
+    pub hb_recv_ms: u64,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            connected: false,
+            version: Version::V10,
+            user: "anonymous".into(),
+            subs: Vec::new(),
+            next_sub_n: 0,
+            txs: Vec::new(),
+            hb_send_ms: 0,
+            hb_recv_ms: 0,
+        }
+    }
+}
+
+/// What a frame needs from outside the connection.
+pub struct Ctx<'a> {
+    pub shard: &'a Shard,
+    pub me: &'a ConnRef,
+    pub token: ConnToken,
+}
+
+impl Session {
+    pub fn escaping(&self) -> Escaping {
+        Escaping::for_version(self.version)
+    }
+
+    /// Handle one frame. On error the caller writes the ERROR and closes.
+    pub fn handle(&mut self, f: &Frame<'_>, out: &mut Out, cx: &Ctx<'_>) -> Result<(), StompError> {
+        if !self.connected {
+            return match f.command {
+                Command::Connect | Command::Stomp => self.connect(f, out, cx),
+                _ => Err(StompError::protocol(
+                    "not connected",
+                    format!("{} before CONNECT; send CONNECT first", f.command.name()),
+                )),
+            };
+        }
+        if !f.body.is_empty() && f.command != Command::Send {
+            return Err(StompError::protocol(
+                "frame must not have a body",
+                format!("only SEND may carry a body, not {}", f.command.name()),
+            ));
+        }
+        let receipt = f.header("receipt");
+        match f.command {
+            Command::Connect | Command::Stomp => Err(StompError::protocol(
+                "already connected",
+                "a second CONNECT on one connection is not allowed",
+            )),
+            Command::Send => {
+                if let Some(tx) = f.header("transaction") {
+                    self.hold(tx, f, cx)?;
+                    self.receipt(out, receipt);
+                    return Ok(());
+                }
+                let draft = self.draft(f)?;
+                // RECEIPT follows once the owner shard sequenced it.
+                cx.shard.publish(draft, cx.token, receipt.map(Into::into));
+                Ok(())
+            }
+            Command::Subscribe => self.subscribe(f, out, cx),
+            Command::Unsubscribe => {
+                self.unsubscribe(f, cx)?;
+                self.receipt(out, receipt);
+                Ok(())
+            }
+            Command::Ack | Command::Nack => {
+                if let Some(tx) = f.header("transaction") {
+                    self.hold(tx, f, cx)?;
+                } else {
+                    self.ack(f)?;
+                }
+                self.receipt(out, receipt);
+                Ok(())
+            }
+            Command::Begin => {
+                let tx = f
+                    .header("transaction")
+                    .ok_or_else(|| StompError::missing("transaction", f.command))?;
+                if self.txs.iter().any(|(id, _)| &**id == tx) {
+                    return Err(StompError::protocol(
+                        "transaction already begun",
+                        format!("transaction '{tx}' is already open"),
+                    ));
+                }
+                if self.txs.len() >= cx.shard.cfg.max_transactions {
+                    return Err(StompError::limit(
+                        "too many transactions",
+                        format!(
+                            "at most {} open transactions per connection",
+                            cx.shard.cfg.max_transactions
+                        ),
+                    ));
+                }
+                self.txs.push((tx.into(), Vec::new()));
+                self.receipt(out, receipt);
+                Ok(())
+            }
+            Command::Commit => {
+                let held = self.take_tx(f)?;
+                for h in held {
+                    let frame = Frame {
+                        command: h.command,
+                        headers: h
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (Cow::Borrowed(&**k), Cow::Borrowed(&**v)))
+                            .collect(),
+                        body: &h.body,
+                    };
+                    match h.command {
+                        Command::Send => {
+                            let draft = self.draft(&frame)?;
+                            cx.shard.publish(draft, cx.token, None);
+                        }
+                        _ => self.ack(&frame)?,
+                    }
+                }
+                self.receipt(out, receipt);
+                Ok(())
+            }
+            Command::Abort => {
+                self.take_tx(f)?;
+                self.receipt(out, receipt);
+                Ok(())
+            }
+            Command::Disconnect => {
+                self.receipt(out, receipt);
+                out.close(close_code::NORMAL, "");
+                Ok(())
+            }
+        }
+    }
+
+    fn receipt(&self, out: &mut Out, receipt: Option<&str>) {
+        if let Some(r) = receipt {
+            out.frame("RECEIPT", &[("receipt-id", r)], b"", self.escaping());
+        }
+    }
+
+    fn connect(&mut self, f: &Frame<'_>, out: &mut Out, cx: &Ctx<'_>) -> Result<(), StompError> {
+        let version = match f.header("accept-version") {
+            None => Version::V10,
+            Some(list) => {
+                let offered: Vec<&str> = list.split(',').map(str::trim).collect();
+                [Version::V12, Version::V11, Version::V10]
+                    .into_iter()
+                    .find(|v| offered.contains(&v.as_str()))
+                    .ok_or_else(|| StompError {
+                        version_header: true,
+                        ..StompError::protocol(
+                            "unsupported protocol version",
+                            format!(
+                                "supported versions are {SUPPORTED_VERSIONS}; client offered {list}"
+                            ),
+                        )
+                    })?
+            }
+        };
+        let (cx_ms, cy_ms) = match f.header("heart-beat") {
+            None => (0, 0),
+            Some(hb) => parse_heart_beat(hb).ok_or_else(|| {
+                StompError::protocol(
+                    "invalid heart-beat header",
+                    format!("expected two integers like 10000,10000, got '{hb}'"),
+                )
+            })?,
+        };
+        let cfg = &cx.shard.cfg;
+        // STOMP 1.2 "Heart-beating": each side sends at the larger of what one
+        // can do and the other wants, if neither is 0.
+        self.hb_send_ms = if cfg.heartbeat_send_ms > 0 && cy_ms > 0 {
+            cfg.heartbeat_send_ms.max(cy_ms)
+        } else {
+            0
+        };
+        self.hb_recv_ms = if cfg.heartbeat_receive_ms > 0 && cx_ms > 0 {
+            cfg.heartbeat_receive_ms.max(cx_ms)
+        } else {
+            0
+        };
+        self.version = version;
+        self.connected = true;
+        if let Some(login) = f.header("login").filter(|l| !l.is_empty()) {
+            self.user = login.into();
+        }
+        let hb = format!("{},{}", cfg.heartbeat_send_ms, cfg.heartbeat_receive_ms);
+        let session = format!("{}-{}", cx.shard.id, cx.token.serial);
+        out.frame(
+            "CONNECTED",
+            &[
+                ("version", version.as_str()),
+                ("heart-beat", &hb),
+                ("server", concat!("stampede/", env!("CARGO_PKG_VERSION"))),
+                ("session", &session),
+                ("user-name", &self.user),
+            ],
+            b"",
+            Escaping::None,
+        );
+        Ok(())
+    }
+
+    /// Turn a SEND into a draft for the room's owner.
+    fn draft(&self, f: &Frame<'_>) -> Result<Draft, StompError> {
+        let dest = f
+            .header("destination")
+            .ok_or_else(|| StompError::missing("destination", f.command))?;
+        let room = room_of(dest).ok_or_else(|| bad_destination(dest))?;
+        let mut headers: Vec<(Box<str>, Box<str>)> = Vec::new();
+        for (k, v) in &f.headers {
+            if RESERVED_HEADERS.contains(&k.as_ref()) || headers.iter().any(|(n, _)| **n == **k) {
+                continue;
+            }
+            headers.push((k.as_ref().into(), v.as_ref().into()));
+        }
+        Ok(Draft {
+            room: room.into(),
+            sender: self.user.clone(),
+            headers,
+            body: f.body.into(),
+        })
+    }
+
+    fn subscribe(&mut self, f: &Frame<'_>, out: &mut Out, cx: &Ctx<'_>) -> Result<(), StompError> {
+        let dest = f
+            .header("destination")
+            .ok_or_else(|| StompError::missing("destination", f.command))?;
+        let room = room_of(dest).ok_or_else(|| bad_destination(dest))?;
+        let id = match f.header("id") {
+            Some(id) => id,
+            // STOMP 1.0 makes `id` optional; the destination then names it.
+            None if self.version == Version::V10 => dest,
+            None => return Err(StompError::missing("id", f.command)),
+        };
+        let mode = match f.header("ack").unwrap_or("auto") {
+            "auto" => AckMode::Auto,
+            "client" => AckMode::Client,
+            "client-individual" => AckMode::ClientIndividual,
+            other => {
+                return Err(StompError::protocol(
+                    "invalid ack mode",
+                    format!("ack must be auto, client or client-individual, not '{other}'"),
+                ));
+            }
+        };
+        if self.subs.iter().any(|s| &*s.id == id) {
+            return Err(StompError::protocol(
+                "subscription id already in use",
+                format!("this connection already has a subscription with id '{id}'"),
+            ));
+        }
+        let max = cx.shard.cfg.max_subscriptions;
+        if self.subs.len() >= max {
+            return Err(StompError::limit(
+                "too many subscriptions",
+                format!("at most {max} subscriptions per connection"),
+            ));
+        }
+        let n = self.next_sub_n;
+        self.next_sub_n = self.next_sub_n.wrapping_add(1);
+        let mut prefix = b"subscription:".to_vec();
+        escape_into(&mut prefix, id, self.escaping());
+        prefix.push(b'\n');
+        let receipt = f.header("receipt");
+        let (local_key, receipt_now) = cx.shard.subscribe(
+            room,
+            crate::router::Subscriber {
+                conn: cx.me.clone(),
+                sub_n: n,
+                prefix: prefix.into(),
+                mode,
+                version: self.version,
+            },
+            cx.token,
+            receipt,
+        );
+        self.subs.push(SubState {
+            id: id.into(),
+            n,
+            room: room.into(),
+            mode,
+            local_key,
+            pending: VecDeque::new(),
+        });
+        if receipt_now {
+            self.receipt(out, receipt);
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, f: &Frame<'_>, cx: &Ctx<'_>) -> Result<(), StompError> {
+        let idx = match (f.header("id"), self.version) {
+            (Some(id), _) => self.subs.iter().position(|s| &*s.id == id),
+            (None, Version::V10) => {
+                let dest = f
+                    .header("destination")
+                    .ok_or_else(|| StompError::missing("id", f.command))?;
+                let room = room_of(dest);
+                self.subs.iter().position(|s| Some(&*s.room) == room)
+            }
+            (None, _) => return Err(StompError::missing("id", f.command)),
+        };
+        let Some(idx) = idx else {
+            return Err(StompError::protocol(
+                "unknown subscription",
+                format!(
+                    "no subscription '{}' on this connection",
+                    f.header("id").unwrap_or("")
+                ),
+            ));
+        };
+        let sub = self.subs.swap_remove(idx);
+        cx.shard.unsubscribe(&sub.room, sub.local_key);
+        Ok(())
+    }
+
+    /// Remove every subscription (the connection is closing).
+    pub fn unsubscribe_all(&mut self, shard: &Shard) {
+        for sub in self.subs.drain(..) {
+            shard.unsubscribe(&sub.room, sub.local_key);
+        }
+        self.txs.clear();
+    }
+
+    fn ack(&mut self, f: &Frame<'_>) -> Result<(), StompError> {
+        let unknown = |what: &str| {
+            StompError::protocol(
+                "unknown ack id",
+                format!(
+                    "{} {what} does not name a message pending acknowledgement",
+                    f.command.name()
+                ),
+            )
+        };
+        let (sub_idx, seq) = match self.version {
+            Version::V12 => {
+                let id = f
+                    .header("id")
+                    .ok_or_else(|| StompError::missing("id", f.command))?;
+                let (n, seq) = id
+                    .split_once('-')
+                    .and_then(|(n, s)| Some((n.parse::<u32>().ok()?, s.parse::<u64>().ok()?)))
+                    .ok_or_else(|| unknown(id))?;
+                let idx = self
+                    .subs
+                    .iter()
+                    .position(|s| s.n == n)
+                    .ok_or_else(|| unknown(id))?;
+                (idx, seq)
+            }
+            v => {
+                let mid = f
+                    .header("message-id")
+                    .ok_or_else(|| StompError::missing("message-id", f.command))?;
+                let (room, seq) = mid
+                    .rsplit_once(':')
+                    .and_then(|(r, s)| Some((r, s.parse::<u64>().ok()?)))
+                    .ok_or_else(|| unknown(mid))?;
+                let idx = match f.header("subscription") {
+                    Some(sid) => self
+                        .subs
+                        .iter()
+                        .position(|s| &*s.id == sid && &*s.room == room),
+                    None if v == Version::V10 => self
+                        .subs
+                        .iter()
+                        .position(|s| &*s.room == room && s.pending.contains(&seq)),
+                    None => return Err(StompError::missing("subscription", f.command)),
+                };
+                (idx.ok_or_else(|| unknown(mid))?, seq)
+            }
+        };
+        let sub = &mut self.subs[sub_idx];
+        let Some(pos) = sub.pending.iter().position(|&s| s == seq) else {
+            return Err(unknown(&seq.to_string()));
+        };
+        match sub.mode {
+            AckMode::Client => {
+                sub.pending.drain(..=pos);
+            }
+            _ => {
+                sub.pending.remove(pos);
+            }
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, tx: &str, f: &Frame<'_>, cx: &Ctx<'_>) -> Result<(), StompError> {
+        let max = cx.shard.cfg.max_transaction_frames;
+        let Some((_, held)) = self.txs.iter_mut().find(|(id, _)| &**id == tx) else {
+            return Err(unknown_tx(tx));
+        };
+        if held.len() >= max {
+            return Err(StompError::limit(
+                "too many frames in transaction",
+                format!("a transaction holds at most {max} frames"),
+            ));
+        }
+        // Validate now so the client learns of a bad SEND at SEND time.
+        if f.command == Command::Send {
+            self.draft(f)?;
+        }
+        let Some((_, held)) = self.txs.iter_mut().find(|(id, _)| &**id == tx) else {
+            return Err(unknown_tx(tx));
+        };
+        held.push(Held {
+            command: f.command,
+            headers: f
+                .headers
+                .iter()
+                .filter(|(k, _)| k != "transaction" && k != "receipt")
+                .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
+                .collect(),
+            body: f.body.into(),
+        });
+        Ok(())
+    }
+
+    fn take_tx(&mut self, f: &Frame<'_>) -> Result<Vec<Held>, StompError> {
+        let tx = f
+            .header("transaction")
+            .ok_or_else(|| StompError::missing("transaction", f.command))?;
+        let idx = self
+            .txs
+            .iter()
+            .position(|(id, _)| &**id == tx)
+            .ok_or_else(|| unknown_tx(tx))?;
+        Ok(self.txs.swap_remove(idx).1)
+    }
+}
+
+fn unknown_tx(tx: &str) -> StompError {
+    StompError::protocol("unknown transaction", format!("no open transaction '{tx}'"))
+}
+
+fn bad_destination(dest: &str) -> StompError {
+    StompError::protocol(
+        "invalid destination",
+        format!(
+            "destinations are /topic/<room> with a room of 1-128 characters from A-Z a-z 0-9 _ . ~ -; got '{dest}'"
+        ),
+    )
+}
+
+/// `cx,cy` as two integers of milliseconds.
+fn parse_heart_beat(v: &str) -> Option<(u64, u64)> {
+    let (a, b) = v.split_once(',')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heart_beat_header() {
+        assert_eq!(parse_heart_beat("0,0"), Some((0, 0)));
+        assert_eq!(parse_heart_beat("100,2000"), Some((100, 2000)));
+        assert_eq!(parse_heart_beat("100"), None);
+        assert_eq!(parse_heart_beat("a,1"), None);
+    }
+}

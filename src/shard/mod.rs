@@ -1,0 +1,620 @@
+//! A shard: one glommio executor pinned to a core, with its listeners, its
+//! connections, its rooms and its queues to the other shards.
+//!
+//! Thread contract: a `Shard` lives on its executor's thread only (`Rc`,
+//! `RefCell`); the only things that cross threads are `ShardMsg` batches over
+//! the SPSC channel mesh and, at start-up, listener fds.
+//!
+//! Borrow contract: a connection is borrowed while its frames are handled;
+//! anything that may touch *other* connections (sequencing and fan-out of a
+//! message owned here) is queued in `work` and runs in `after_io`, after that
+//! borrow ends. Remote effects go straight to the per-peer `outbox`, whose
+//! order is the order of the session's frames.
+
+pub mod msg;
+mod notify;
+pub mod start;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::net::TcpStream;
+use slab::Slab;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::conn::{Conn, ConnRef, ConnToken, Phase, io};
+use crate::router::{AckMode, Draft, OwnedRoom, Rooms, Sequenced, Subscriber, owner_of};
+use crate::stomp::frame::{Limits, Version};
+use crate::ws::framing::close_code;
+pub use msg::{Interest, ShardMsg};
+pub use notify::Notify;
+
+/// How often the sweeper checks heart-beats and timeouts. A silent client is
+/// closed at most this much later than twice its heart-beat interval.
+pub const SWEEP_TICK: Duration = Duration::from_millis(100);
+
+/// Where a message came from, for its RECEIPT.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    Local(ConnToken),
+    Peer(usize, ConnToken),
+}
+
+/// Work deferred until no connection is borrowed.
+enum Work {
+    /// Sequence and fan out a message of a room this shard owns.
+    Publish {
+        draft: Draft,
+        origin: Origin,
+        receipt: Option<Box<str>>,
+    },
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub nshards: usize,
+    pub cfg: Config,
+    pub limits: Limits,
+    conns: RefCell<Slab<ConnRef>>,
+    next_serial: Cell<u32>,
+    rooms: RefCell<Rooms>,
+    work: RefCell<VecDeque<Work>>,
+    /// Messages for each peer shard (own index unused), sent as one batch.
+    outbox: Vec<RefCell<Vec<ShardMsg>>>,
+    outbox_ready: Vec<Notify>,
+    /// Connections with queued output, flushed once per batch.
+    dirty: RefCell<Vec<ConnRef>>,
+    /// Connections not being read until the outboxes drain.
+    paused: RefCell<Vec<ConnRef>>,
+}
+
+impl Shard {
+    pub fn new(id: usize, cfg: Config) -> Shard {
+        let nshards = cfg.shards;
+        Shard {
+            id,
+            nshards,
+            limits: Limits {
+                max_frame_size: cfg.max_frame_size,
+                max_headers: cfg.max_headers,
+                max_header_length: cfg.max_header_length,
+            },
+            cfg,
+            conns: RefCell::new(Slab::new()),
+            next_serial: Cell::new(1),
+            rooms: RefCell::new(Rooms::default()),
+            work: RefCell::new(VecDeque::new()),
+            outbox: (0..nshards).map(|_| RefCell::new(Vec::new())).collect(),
+            outbox_ready: (0..nshards).map(|_| Notify::default()).collect(),
+            dirty: RefCell::new(Vec::new()),
+            paused: RefCell::new(Vec::new()),
+        }
+    }
+
+    // ---- connections -------------------------------------------------
+
+    /// Number of connections on this shard.
+    pub fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Register a connection and start its I/O task. `inbound` holds bytes
+    /// already read for it, `outbound` bytes to send first (a moved
+    /// connection's upgrade answer).
+    pub fn register(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        phase: Phase,
+        inbound: Vec<u8>,
+        outbound: Vec<u8>,
+    ) {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("set_nodelay: {e}");
+        }
+        let serial = self.next_serial.get();
+        self.next_serial.set(serial.wrapping_add(1).max(1));
+        let mut conns = self.conns.borrow_mut();
+        let entry = conns.vacant_entry();
+        let token = ConnToken {
+            key: entry.key() as u32,
+            serial,
+        };
+        let conn = Rc::new(RefCell::new(Conn::new(token, stream.as_raw_fd(), phase)));
+        if !outbound.is_empty() {
+            conn.borrow_mut().out.buf = outbound;
+            self.mark_dirty(&conn);
+        }
+        entry.insert(conn.clone());
+        drop(conns);
+        glommio::spawn_local(io::run(self.clone(), conn, stream, inbound)).detach();
+    }
+
+    /// Forget a connection whose task is ending: drop its subscriptions and
+    /// make sure no later flush touches its (soon reused) fd.
+    pub fn drop_conn(&self, conn: &ConnRef) {
+        let mut c = conn.borrow_mut();
+        c.session.unsubscribe_all(self);
+        c.fd = -1;
+        c.out.abort = true;
+        c.waker = None;
+        let token = c.token;
+        drop(c);
+        let mut conns = self.conns.borrow_mut();
+        if conns
+            .get(token.key as usize)
+            .is_some_and(|c| Rc::ptr_eq(c, conn))
+        {
+            conns.remove(token.key as usize);
+        }
+    }
+
+    fn conn(&self, token: ConnToken) -> Option<ConnRef> {
+        let conns = self.conns.borrow();
+        let c = conns.get(token.key as usize)?;
+        (c.borrow().token == token).then(|| c.clone())
+    }
+
+    pub fn mark_dirty(&self, conn: &ConnRef) {
+        let mut c = conn.borrow_mut();
+        if !c.out.dirty {
+            c.out.dirty = true;
+            self.dirty.borrow_mut().push(conn.clone());
+        }
+    }
+
+    /// Send what each dirty connection has queued: one `send` per socket per
+    /// batch, straight from here while the socket takes it; the connection's
+    /// task takes over (waiting for writability) when it would block.
+    pub fn flush(&self) {
+        let list = std::mem::take(&mut *self.dirty.borrow_mut());
+        for conn in &list {
+            let mut c = conn.borrow_mut();
+            c.out.dirty = false;
+            if c.fd < 0 {
+                continue;
+            }
+            if !c.out.write_blocked && c.out.pending_len() > 0 {
+                let buf = c.out.pending();
+                // SAFETY: fd is open (set to -1 before the stream is dropped);
+                // buf is valid for its length.
+                let n = unsafe {
+                    libc::send(
+                        c.fd,
+                        buf.as_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n >= 0 {
+                    c.out.consume(n as usize);
+                } else {
+                    let err = std::io::Error::last_os_error();
+                    if err.kind() != std::io::ErrorKind::WouldBlock {
+                        debug!("send: {err}");
+                        c.out.abort = true;
+                    }
+                }
+                if c.out.pending_len() > 0 {
+                    c.out.write_blocked = true;
+                }
+            }
+            if c.out.write_blocked || c.out.is_closing() || c.out.abort {
+                c.wake();
+            }
+        }
+        let mut dirty = self.dirty.borrow_mut();
+        if dirty.is_empty() {
+            let mut list = list;
+            list.clear();
+            *dirty = list;
+        }
+    }
+
+    /// After a connection's bytes or a peer batch were handled: run deferred
+    /// work, then flush.
+    pub fn after_io(&self) {
+        self.run_work();
+        self.flush();
+    }
+
+    /// Whether any queue towards a peer is over its limit (then connections
+    /// stop being read).
+    pub fn peers_congested(&self) -> bool {
+        self.outbox
+            .iter()
+            .any(|o| o.borrow().len() >= self.cfg.max_peer_queue)
+    }
+
+    pub fn pause(&self, conn: &ConnRef) {
+        conn.borrow_mut().paused = true;
+        self.paused.borrow_mut().push(conn.clone());
+    }
+
+    fn maybe_resume(&self) {
+        if self.paused.borrow().is_empty() || self.peers_congested() {
+            return;
+        }
+        for conn in self.paused.borrow_mut().drain(..) {
+            let mut c = conn.borrow_mut();
+            c.paused = false;
+            c.wake();
+        }
+    }
+
+    // ---- rooms ---------------------------------------------------------
+
+    /// Add a local subscriber. Returns its key in the room and whether a
+    /// requested RECEIPT may be sent now (`false`: the owner shard answers
+    /// once it knows of our interest).
+    pub fn subscribe(
+        &self,
+        room: &str,
+        sub: Subscriber,
+        token: ConnToken,
+        receipt: Option<&str>,
+    ) -> (usize, bool) {
+        let owner = owner_of(room, self.nshards);
+        let mut rooms = self.rooms.borrow_mut();
+        let local = rooms.local.entry(room.into()).or_default();
+        let first = local.subs.is_empty();
+        let key = local.subs.insert(sub);
+        drop(rooms);
+        if owner == self.id {
+            return (key, true);
+        }
+        if first || receipt.is_some() {
+            self.to_peer(
+                owner,
+                ShardMsg::Interest {
+                    room: room.into(),
+                    change: if first { Interest::Add } else { Interest::Sync },
+                    reply: receipt.map(|r| (token, r.into())),
+                },
+            );
+        }
+        (key, receipt.is_none())
+    }
+
+    pub fn unsubscribe(&self, room: &str, key: usize) {
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(local) = rooms.local.get_mut(room) else {
+            return;
+        };
+        local.subs.try_remove(key);
+        if !local.subs.is_empty() {
+            return;
+        }
+        rooms.local.remove(room);
+        drop(rooms);
+        let owner = owner_of(room, self.nshards);
+        if owner != self.id {
+            self.to_peer(
+                owner,
+                ShardMsg::Interest {
+                    room: room.into(),
+                    change: Interest::Remove,
+                    reply: None,
+                },
+            );
+        }
+    }
+
+    /// Publish a message from a local connection.
+    pub fn publish(&self, draft: Draft, token: ConnToken, receipt: Option<Box<str>>) {
+        let owner = owner_of(&draft.room, self.nshards);
+        if owner == self.id {
+            self.work.borrow_mut().push_back(Work::Publish {
+                draft,
+                origin: Origin::Local(token),
+                receipt,
+            });
+        } else {
+            self.to_peer(
+                owner,
+                ShardMsg::Publish {
+                    draft,
+                    origin: token,
+                    receipt,
+                },
+            );
+        }
+    }
+
+    fn run_work(&self) {
+        loop {
+            let Some(work) = self.work.borrow_mut().pop_front() else {
+                return;
+            };
+            match work {
+                Work::Publish {
+                    draft,
+                    origin,
+                    receipt,
+                } => self.sequence(draft, origin, receipt),
+            }
+        }
+    }
+
+    /// Owner side: give the message its place, send it once to every shard
+    /// with subscribers, deliver it here, and answer the publisher's receipt.
+    fn sequence(&self, draft: Draft, origin: Origin, receipt: Option<Box<str>>) {
+        let mut rooms = self.rooms.borrow_mut();
+        let nshards = self.nshards;
+        let room = rooms
+            .owned
+            .entry(draft.room.clone())
+            .or_insert_with(|| OwnedRoom::new(nshards));
+        let seq = room.next_seq;
+        room.next_seq += 1;
+        let msg = Sequenced {
+            draft,
+            seq,
+            timestamp_ms: now_ms(),
+        };
+        let targets: Vec<usize> = (0..nshards).filter(|&p| room.remote[p]).collect();
+        drop(rooms);
+        for p in targets {
+            self.to_peer(p, ShardMsg::Deliver(msg.clone()));
+        }
+        self.deliver_local(&msg);
+        if let Some(r) = receipt {
+            match origin {
+                Origin::Local(token) => self.write_receipt(token, &r),
+                Origin::Peer(p, token) => self.to_peer(
+                    p,
+                    ShardMsg::Receipt {
+                        conn: token,
+                        receipt: r,
+                    },
+                ),
+            }
+        }
+    }
+
+    /// Write a message to every local subscriber of its room.
+    fn deliver_local(&self, msg: &Sequenced) {
+        let rooms = self.rooms.borrow();
+        let Some(room) = rooms.local.get(&*msg.draft.room) else {
+            return;
+        };
+        let mut encoded: [Option<crate::router::Encoded>; 3] = [None, None, None];
+        let now = Instant::now();
+        let max_out = self.cfg.max_outbound_bytes;
+        let max_pending = self.cfg.max_pending_acks;
+        for (_, sub) in room.subs.iter() {
+            let enc = encoded[sub.version as usize].get_or_insert_with(|| msg.encode(sub.version));
+            let mut c = sub.conn.borrow_mut();
+            if c.out.is_closing() || c.fd < 0 {
+                continue;
+            }
+            let mut ack = None;
+            if sub.mode != AckMode::Auto {
+                let Some(state) = c.session.subs.iter_mut().find(|s| s.n == sub.sub_n) else {
+                    continue;
+                };
+                if state.pending.len() >= max_pending {
+                    c.out.error(
+                        "too many unacknowledged messages",
+                        None,
+                        &[],
+                        &format!("subscription has {max_pending} messages without ACK; acknowledge or use ack:auto"),
+                        close_code::POLICY,
+                    );
+                } else {
+                    state.pending.push_back(msg.seq);
+                    if sub.version == Version::V12 {
+                        ack = Some((sub.sub_n, msg.seq));
+                    }
+                }
+            }
+            if !c.out.is_closing() {
+                c.out.message(&sub.prefix, ack, enc, now);
+                if c.out.pending_len() > max_out {
+                    c.out.error(
+                        "slow consumer",
+                        None,
+                        &[],
+                        &format!("more than {max_out} bytes queued for this connection; it reads too slowly"),
+                        close_code::POLICY,
+                    );
+                }
+            }
+            if !c.out.dirty {
+                c.out.dirty = true;
+                self.dirty.borrow_mut().push(sub.conn.clone());
+            }
+        }
+    }
+
+    fn write_receipt(&self, token: ConnToken, receipt: &str) {
+        let Some(conn) = self.conn(token) else {
+            return;
+        };
+        {
+            let mut c = conn.borrow_mut();
+            if c.out.is_closing() || c.fd < 0 {
+                return;
+            }
+            let esc = c.session.escaping();
+            c.out.frame("RECEIPT", &[("receipt-id", receipt)], b"", esc);
+        }
+        self.mark_dirty(&conn);
+    }
+
+    // ---- the mesh ------------------------------------------------------
+
+    /// Queue a message for a peer shard.
+    pub fn to_peer(&self, peer: usize, msg: ShardMsg) {
+        let mut q = self.outbox[peer].borrow_mut();
+        q.push(msg);
+        if q.len() == 1 {
+            self.outbox_ready[peer].notify();
+        }
+    }
+
+    /// Handle one message from peer shard `from`.
+    fn on_peer(self: &Rc<Self>, from: usize, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publish {
+                draft,
+                origin,
+                receipt,
+            } => {
+                self.work.borrow_mut().push_back(Work::Publish {
+                    draft,
+                    origin: Origin::Peer(from, origin),
+                    receipt,
+                });
+            }
+            ShardMsg::Deliver(msg) => self.deliver_local(&msg),
+            ShardMsg::Receipt { conn, receipt } => self.write_receipt(conn, &receipt),
+            ShardMsg::Interest {
+                room,
+                change,
+                reply,
+            } => {
+                let mut rooms = self.rooms.borrow_mut();
+                let nshards = self.nshards;
+                let owned = rooms
+                    .owned
+                    .entry(room)
+                    .or_insert_with(|| OwnedRoom::new(nshards));
+                match change {
+                    Interest::Add => owned.remote[from] = true,
+                    Interest::Remove => owned.remote[from] = false,
+                    Interest::Sync => {}
+                }
+                drop(rooms);
+                if let Some((conn, receipt)) = reply {
+                    self.to_peer(from, ShardMsg::Receipt { conn, receipt });
+                }
+            }
+            ShardMsg::Adopt {
+                fd,
+                inbound,
+                outbound,
+            } => {
+                // SAFETY: the sender dup()ed this fd for us and gave up its copy.
+                let stream = unsafe { TcpStream::from_raw_fd(fd) };
+                self.register(stream, Phase::Ws, inbound, outbound);
+            }
+        }
+    }
+
+    /// Receive batches from one peer until the mesh closes.
+    async fn receive_from(
+        self: Rc<Self>,
+        from: usize,
+        rx: glommio::channels::shared_channel::ConnectedReceiver<Vec<ShardMsg>>,
+    ) {
+        while let Some(batch) = rx.recv().await {
+            for msg in batch {
+                self.on_peer(from, msg);
+            }
+            self.after_io();
+        }
+    }
+
+    /// Send this shard's queued messages to one peer, a batch at a time.
+    async fn send_to(
+        self: Rc<Self>,
+        to: usize,
+        tx: Rc<glommio::channels::channel_mesh::Senders<Vec<ShardMsg>>>,
+    ) {
+        loop {
+            self.outbox_ready[to].wait().await;
+            loop {
+                let batch = std::mem::take(&mut *self.outbox[to].borrow_mut());
+                if batch.is_empty() {
+                    break;
+                }
+                if tx.send_to(to, batch).await.is_err() {
+                    warn!(shard = self.id, peer = to, "mesh channel closed");
+                    return;
+                }
+                self.maybe_resume();
+            }
+        }
+    }
+
+    // ---- timers ----------------------------------------------------------
+
+    /// Heart-beats, heart-beat timeouts, connect timeouts and close deadlines.
+    async fn sweep(self: Rc<Self>) {
+        let connect_timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        loop {
+            glommio::timer::sleep(SWEEP_TICK).await;
+            let now = Instant::now();
+            let conns = self.conns.borrow();
+            for (_, conn) in conns.iter() {
+                let mut c = conn.borrow_mut();
+                let c = &mut *c;
+                if let Some(deadline) = c.out.closing {
+                    if now >= deadline {
+                        c.out.abort = true;
+                        c.wake();
+                    }
+                    continue;
+                }
+                let s = &c.session;
+                let mut touched = false;
+                if !s.connected {
+                    if now.duration_since(c.created) >= connect_timeout {
+                        if c.phase == Phase::Http {
+                            c.out.abort = true;
+                            c.wake();
+                        } else {
+                            c.out.error(
+                                "not connected: CONNECT timeout",
+                                None,
+                                &[],
+                                &format!("no CONNECT within {} ms", self.cfg.connect_timeout_ms),
+                                close_code::POLICY,
+                            );
+                            touched = true;
+                        }
+                    }
+                } else {
+                    if s.hb_recv_ms > 0
+                        && now.duration_since(c.last_read)
+                            >= Duration::from_millis(2 * s.hb_recv_ms)
+                    {
+                        let detail = format!(
+                            "nothing received for {} ms (twice the negotiated {} ms)",
+                            2 * s.hb_recv_ms,
+                            s.hb_recv_ms
+                        );
+                        c.out
+                            .error("heart-beat timeout", None, &[], &detail, close_code::POLICY);
+                        touched = true;
+                    } else if s.hb_send_ms > 0
+                        // One tick early rather than late: the client must never
+                        // wait longer than the negotiated interval.
+                        && now.duration_since(c.out.last_write) + SWEEP_TICK >= Duration::from_millis(s.hb_send_ms)
+                    {
+                        c.out.heartbeat(now);
+                        touched = true;
+                    }
+                }
+                if touched && !c.out.dirty {
+                    c.out.dirty = true;
+                    self.dirty.borrow_mut().push(conn.clone());
+                }
+            }
+            drop(conns);
+            self.flush();
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
