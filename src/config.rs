@@ -167,7 +167,7 @@ settings! {
     spin_before_park_us: u64 = 0, env "STAMPEDE_SPIN_BEFORE_PARK_US", default_help "0";
     /// glommio's preemption timer (ms): how often a busy shard checks for
     /// wake-ups from plain threads. 100 ms (glommio's default) delays such
-    /// results by up to that; 2 ms keeps them sub-millisecond-ish.
+    /// results by up to that; 2 ms keeps them around a millisecond.
     preempt_timer_ms: u64 = 2, env "STAMPEDE_PREEMPT_TIMER_MS", default_help "2";
 }
 
@@ -216,6 +216,7 @@ impl Config {
         )?;
         at_least(self.mesh_capacity, 2, "mesh_capacity")?;
         at_least(self.io_memory_kib, 512, "io_memory_kib")?;
+        at_least(self.preempt_timer_ms as usize, 1, "preempt_timer_ms")?;
         if self.shards > 1024 {
             return Err(format!("shards must be at most 1024 (got {})", self.shards));
         }

@@ -77,13 +77,19 @@ fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> io::Result<(SocketAddr,
     Ok((addr, fds))
 }
 
-/// Start every shard; returns their join handles.
+/// Start every shard; returns their join handles once every shard accepts.
 pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinHandle<()>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
     let cores: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
         .filter(|ids: &Vec<usize>| !ids.is_empty())
         .unwrap_or_else(|| vec![0]);
     let mesh: MeshBuilder<Vec<ShardMsg>, _> = MeshBuilder::full(cfg.shards, cfg.mesh_capacity);
+    // glommio's MeshBuilder shares an `Rc` between threads (it is marked
+    // Send by hand); its count is updated without atomics. Keeping one clone
+    // alive here for the life of the process means a lost update can only
+    // leak that small struct, never free it while a shard still uses it.
+    std::mem::forget(mesh.clone());
     let mut handles = Vec::with_capacity(cfg.shards);
     for id in 0..cfg.shards {
         let cpu = cores[id % cores.len()];
@@ -91,6 +97,7 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinH
         let mesh = mesh.clone();
         let http = listeners.http[id];
         let stomp = listeners.stomp.get(id).copied();
+        let ready = ready_tx.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
             .io_memory(cfg.io_memory_kib * 1024)
@@ -99,38 +106,68 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinH
             builder = builder.spin_before_park(Duration::from_micros(cfg.spin_before_park_us));
         }
         let handle = builder
-            .spawn(move || async move { run(id, cfg, mesh, http, stomp).await })
+            .spawn(move || async move { run(cfg, mesh, http, stomp, ready).await })
             .map_err(|e| io::Error::other(format!("cannot start shard {id} on cpu {cpu}: {e}")))?;
         handles.push(handle);
+    }
+    for _ in 0..cfg.shards {
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| io::Error::other("a shard did not start within 30 s"))?;
     }
     Ok(handles)
 }
 
 /// The body of one shard's executor.
 async fn run(
-    id: usize,
     cfg: Config,
     mesh: MeshBuilder<Vec<ShardMsg>, glommio::channels::channel_mesh::Full>,
     http: RawFd,
     stomp: Option<RawFd>,
+    ready: std::sync::mpsc::Sender<usize>,
 ) {
     let nshards = cfg.shards;
-    let shard = Rc::new(Shard::new(id, cfg));
-    if nshards > 1 {
+    // The mesh numbers its peers by glommio's executor ids, not by our spawn
+    // order, so a shard's id is its mesh `peer_id`: room ownership and mesh
+    // addressing then agree by construction.
+    let shard = if nshards > 1 {
+        // glommio re-polls a shared channel's pending `connect()` only when
+        // its reactor wakes for some other reason; an executor asleep in
+        // io_uring with nothing else to do never notices that its peer
+        // connected, and the mesh join hangs (seen in ~1 of 4 starts with 4
+        // shards on 2 cores). A 1 ms ticker keeps the reactor turning until
+        // the mesh is up.
+        let joined = Rc::new(std::cell::Cell::new(false));
+        let ticker = glommio::spawn_local({
+            let joined = joined.clone();
+            async move {
+                while !joined.get() {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
         let (senders, mut receivers) = mesh.join().await.expect("joining the shard mesh");
+        joined.set(true);
+        ticker.await;
+        let shard = Rc::new(Shard::new(senders.peer_id(), cfg));
         let senders = Rc::new(senders);
         for (from, rx) in receivers.streams() {
             glommio::spawn_local(shard.clone().receive_from(from, rx)).detach();
         }
-        for to in (0..nshards).filter(|&p| p != id) {
+        for to in (0..nshards).filter(|&p| p != shard.id) {
             glommio::spawn_local(shard.clone().send_to(to, senders.clone())).detach();
         }
-    }
+        shard
+    } else {
+        Rc::new(Shard::new(0, cfg))
+    };
+    let id = shard.id;
     glommio::spawn_local(shard.clone().sweep()).detach();
     if let Some(fd) = stomp {
         glommio::spawn_local(accept_loop(shard.clone(), fd, Phase::Stomp)).detach();
     }
     info!(shard = id, "shard started");
+    let _ = ready.send(id);
     accept_loop(shard, http, Phase::Http).await;
 }
 
