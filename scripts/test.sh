@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every test stampede has, from a fresh clone: installs what the tests need
+# (Python packages from PyPI, npm packages), builds, lints, runs unit tests,
+# then the black-box suites against the release binary.
+#   scripts/test.sh            # everything
+#   SKIP_LINT=1 scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies (pip, npm)"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+
+if [ -z "${SKIP_LINT:-}" ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --release --all-targets -- -D warnings
+fi
+
+step "unit tests"
+cargo test --release
+
+step "building the server"
+cargo build --release
+export STAMPEDE_BIN="$root/target/release/stampede"
+
+step "black-box tests (Python: raw frames, WebSocket, stomp.py, shards)"
+python3 -m pytest -q -n 4 tests/python
+
+step "interop tests (Node: @stomp/stompjs over ws)"
+(cd tests/node && npm test)
+
+step "all tests passed"
