@@ -137,7 +137,13 @@ impl Session {
     pub fn handle(&mut self, f: &Frame<'_>, out: &mut Out, cx: &Ctx<'_>) -> Result<(), StompError> {
         if !self.connected {
             return match f.command {
-                Command::Connect | Command::Stomp => self.connect(f, out, cx),
+                Command::Connect | Command::Stomp => {
+                    self.connect(f, out, cx)?;
+                    // The spec leaves CONNECT out of receipts; we honour it
+                    // anyway, after CONNECTED, so every frame behaves alike.
+                    self.receipt(out, f.header("receipt"));
+                    Ok(())
+                }
                 _ => Err(StompError::protocol(
                     "not connected",
                     format!("{} before CONNECT; send CONNECT first", f.command.name()),

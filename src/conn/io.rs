@@ -310,7 +310,8 @@ fn handle_frames(
                 }
             }
             Err(e) => {
-                parse_error(&e, shard).write(out, None);
+                let receipt = crate::stomp::frame::receipt_hint(&buf[pos..]);
+                parse_error(&e, shard).write(out, receipt.as_deref());
                 break;
             }
         }

@@ -50,12 +50,7 @@ pub struct Encoded {
 impl Sequenced {
     /// Encode the shared part for subscribers of `version`.
     pub fn encode(&self, version: Version) -> Encoded {
-        // STOMP 1.0 has no escaping; a value with a line break cannot be
-        // written raw, so 1.0 subscribers get 1.1 escaping for such values.
-        let esc = match version {
-            Version::V10 | Version::V11 => Escaping::V11,
-            Version::V12 => Escaping::V12,
-        };
+        let esc = Escaping::for_version(version);
         let d = &self.draft;
         let mut b = Vec::with_capacity(160 + d.room.len() * 2 + d.body.len());
         b.extend_from_slice(b"destination:/topic/");
@@ -67,14 +62,14 @@ impl Sequenced {
         b.extend_from_slice(b"\nx-seq:");
         b.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
         b.extend_from_slice(b"\nx-sender:");
-        escape_into(&mut b, &d.sender, esc);
+        put(&mut b, &d.sender, esc);
         b.extend_from_slice(b"\nx-timestamp:");
         b.extend_from_slice(itoa::Buffer::new().format(self.timestamp_ms).as_bytes());
         b.push(b'\n');
         for (k, v) in &d.headers {
-            escape_into(&mut b, k, esc);
+            put(&mut b, k, esc);
             b.push(b':');
-            escape_into(&mut b, v, esc);
+            put(&mut b, v, esc);
             b.push(b'\n');
         }
         b.extend_from_slice(b"content-length:");
@@ -87,6 +82,18 @@ impl Sequenced {
             utf8: std::str::from_utf8(&d.body).is_ok(),
         }
     }
+}
+
+/// Append a header name or value. STOMP 1.0 has no escaping, so values go
+/// out raw — except one holding a line break, which cannot be written raw
+/// and gets the 1.1 escapes instead (the only lossless choice left).
+fn put(out: &mut Vec<u8>, s: &str, esc: Escaping) {
+    let esc = if esc == Escaping::None && s.bytes().any(|b| b == b'\n' || b == b'\r') {
+        Escaping::V11
+    } else {
+        esc
+    };
+    escape_into(out, s, esc);
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! borrow ends. Remote effects go straight to the per-peer `outbox`, whose
 //! order is the order of the session's frames.
 
+pub mod mesh;
 pub mod msg;
 mod notify;
 pub mod start;
@@ -33,9 +34,21 @@ use crate::ws::framing::close_code;
 pub use msg::{Interest, ShardMsg};
 pub use notify::Notify;
 
-/// How often the sweeper checks heart-beats and timeouts. A silent client is
-/// closed at most this much later than twice its heart-beat interval.
-pub const SWEEP_TICK: Duration = Duration::from_millis(100);
+/// Longest interval between sweeps (heart-beats, timeouts). A silent client
+/// is closed at most this much later than twice its heart-beat interval.
+pub const MAX_SWEEP_TICK: Duration = Duration::from_millis(100);
+
+/// The sweep interval for the configured heart-beats: a quarter of the
+/// shortest one (heart-beats then go out between 3/4 of the interval and
+/// the interval, never late), between 10 ms and `MAX_SWEEP_TICK`.
+pub fn sweep_tick(cfg: &Config) -> Duration {
+    let shortest = [cfg.heartbeat_send_ms, cfg.heartbeat_receive_ms]
+        .into_iter()
+        .filter(|&ms| ms > 0)
+        .min()
+        .unwrap_or(u64::MAX);
+    Duration::from_millis((shortest / 4).clamp(10, MAX_SWEEP_TICK.as_millis() as u64))
+}
 
 /// Where a message came from, for its RECEIPT.
 #[derive(Debug, Clone, Copy)]
@@ -70,13 +83,15 @@ pub struct Shard {
     dirty: RefCell<Vec<ConnRef>>,
     /// Connections not being read until the outboxes drain.
     paused: RefCell<Vec<ConnRef>>,
+    /// This shard's end of the shard-to-shard queues.
+    mesh: mesh::MeshEnd,
 }
 
 impl Shard {
-    pub fn new(id: usize, cfg: Config) -> Shard {
+    pub fn new(cfg: Config, mesh: mesh::MeshEnd) -> Shard {
         let nshards = cfg.shards;
         Shard {
-            id,
+            id: mesh.id,
             nshards,
             limits: Limits {
                 max_frame_size: cfg.max_frame_size,
@@ -92,6 +107,7 @@ impl Shard {
             outbox_ready: (0..nshards).map(|_| Notify::default()).collect(),
             dirty: RefCell::new(Vec::new()),
             paused: RefCell::new(Vec::new()),
+            mesh,
         }
     }
 
@@ -505,26 +521,39 @@ impl Shard {
         }
     }
 
-    /// Receive batches from one peer until the mesh closes.
-    async fn receive_from(
-        self: Rc<Self>,
-        from: usize,
-        rx: glommio::channels::shared_channel::ConnectedReceiver<Vec<ShardMsg>>,
-    ) {
-        while let Some(batch) = rx.recv().await {
-            for msg in batch {
-                self.on_peer(from, msg);
+    /// Wait on this shard's doorbell; on each ring take every queued batch
+    /// from every peer, then let blocked senders retry.
+    async fn receive(self: Rc<Self>, bell_fd: std::os::fd::RawFd) {
+        use futures_lite::AsyncReadExt;
+        // SAFETY: the read end of this shard's doorbell socketpair, owned
+        // by this task from here on.
+        let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(bell_fd) };
+        let mut buf = [0u8; 64];
+        loop {
+            match bell.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    warn!(shard = self.id, "doorbell closed");
+                    return;
+                }
+                Ok(_) => {}
             }
+            self.mesh.clear_bell();
+            self.mesh.drain(|from, batch| {
+                for msg in batch {
+                    self.on_peer(from, msg);
+                }
+            });
             self.after_io();
+            for (to, q) in self.outbox.iter().enumerate() {
+                if to != self.id && !q.borrow().is_empty() {
+                    self.outbox_ready[to].notify();
+                }
+            }
         }
     }
 
     /// Send this shard's queued messages to one peer, a batch at a time.
-    async fn send_to(
-        self: Rc<Self>,
-        to: usize,
-        tx: Rc<glommio::channels::channel_mesh::Senders<Vec<ShardMsg>>>,
-    ) {
+    async fn send_to(self: Rc<Self>, to: usize) {
         loop {
             self.outbox_ready[to].wait().await;
             loop {
@@ -532,11 +561,20 @@ impl Shard {
                 if batch.is_empty() {
                     break;
                 }
-                if tx.send_to(to, batch).await.is_err() {
-                    warn!(shard = self.id, peer = to, "mesh channel closed");
-                    return;
+                match self.mesh.offer(to, batch) {
+                    mesh::Offer::Sent => self.maybe_resume(),
+                    mesh::Offer::Full(batch) => {
+                        // Nothing was queued meanwhile (no await since the
+                        // take), so the batch goes back as it was. The peer
+                        // rings our bell when it has made room.
+                        *self.outbox[to].borrow_mut() = batch;
+                        break;
+                    }
+                    mesh::Offer::Closed => {
+                        warn!(shard = self.id, peer = to, "peer shard gone");
+                        return;
+                    }
                 }
-                self.maybe_resume();
             }
         }
     }
@@ -546,8 +584,9 @@ impl Shard {
     /// Heart-beats, heart-beat timeouts, connect timeouts and close deadlines.
     async fn sweep(self: Rc<Self>) {
         let connect_timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        let tick = sweep_tick(&self.cfg);
         loop {
-            glommio::timer::sleep(SWEEP_TICK).await;
+            glommio::timer::sleep(tick).await;
             let now = Instant::now();
             let conns = self.conns.borrow();
             for (_, conn) in conns.iter() {
@@ -592,9 +631,9 @@ impl Shard {
                             .error("heart-beat timeout", None, &[], &detail, close_code::POLICY);
                         touched = true;
                     } else if s.hb_send_ms > 0
-                        // One tick early rather than late: the client must never
-                        // wait longer than the negotiated interval.
-                        && now.duration_since(c.out.last_write) + SWEEP_TICK >= Duration::from_millis(s.hb_send_ms)
+                        // Up to a tick early rather than late: the client must
+                        // never wait longer than the negotiated interval.
+                        && now.duration_since(c.out.last_write) + tick >= Duration::from_millis(s.hb_send_ms)
                     {
                         c.out.heartbeat(now);
                         touched = true;

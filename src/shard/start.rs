@@ -7,13 +7,12 @@ use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
-use super::{Shard, ShardMsg};
+use super::Shard;
 use crate::config::{Config, Listen};
 use crate::conn::Phase;
 
@@ -84,17 +83,12 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinH
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
         .filter(|ids: &Vec<usize>| !ids.is_empty())
         .unwrap_or_else(|| vec![0]);
-    let mesh: MeshBuilder<Vec<ShardMsg>, _> = MeshBuilder::full(cfg.shards, cfg.mesh_capacity);
-    // glommio's MeshBuilder shares an `Rc` between threads (it is marked
-    // Send by hand); its count is updated without atomics. Keeping one clone
-    // alive here for the life of the process means a lost update can only
-    // leak that small struct, never free it while a shard still uses it.
-    std::mem::forget(mesh.clone());
+    let mut meshes = super::mesh::build(cfg.shards, cfg.mesh_capacity)?;
     let mut handles = Vec::with_capacity(cfg.shards);
     for id in 0..cfg.shards {
         let cpu = cores[id % cores.len()];
         let cfg = cfg.clone();
-        let mesh = mesh.clone();
+        let mesh = meshes.remove(0);
         let http = listeners.http[id];
         let stomp = listeners.stomp.get(id).copied();
         let ready = ready_tx.clone();
@@ -121,46 +115,23 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinH
 /// The body of one shard's executor.
 async fn run(
     cfg: Config,
-    mesh: MeshBuilder<Vec<ShardMsg>, glommio::channels::channel_mesh::Full>,
+    mut mesh: super::mesh::MeshEnd,
     http: RawFd,
     stomp: Option<RawFd>,
     ready: std::sync::mpsc::Sender<usize>,
 ) {
     let nshards = cfg.shards;
-    // The mesh numbers its peers by glommio's executor ids, not by our spawn
-    // order, so a shard's id is its mesh `peer_id`: room ownership and mesh
-    // addressing then agree by construction.
-    let shard = if nshards > 1 {
-        // glommio re-polls a shared channel's pending `connect()` only when
-        // its reactor wakes for some other reason; an executor asleep in
-        // io_uring with nothing else to do never notices that its peer
-        // connected, and the mesh join hangs (seen in ~1 of 4 starts with 4
-        // shards on 2 cores). A 1 ms ticker keeps the reactor turning until
-        // the mesh is up.
-        let joined = Rc::new(std::cell::Cell::new(false));
-        let ticker = glommio::spawn_local({
-            let joined = joined.clone();
-            async move {
-                while !joined.get() {
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        });
-        let (senders, mut receivers) = mesh.join().await.expect("joining the shard mesh");
-        joined.set(true);
-        ticker.await;
-        let shard = Rc::new(Shard::new(senders.peer_id(), cfg));
-        let senders = Rc::new(senders);
-        for (from, rx) in receivers.streams() {
-            glommio::spawn_local(shard.clone().receive_from(from, rx)).detach();
-        }
+    let bell = mesh.take_bell_fd();
+    let shard = Rc::new(Shard::new(cfg, mesh));
+    if nshards > 1 {
+        glommio::spawn_local(shard.clone().receive(bell)).detach();
         for to in (0..nshards).filter(|&p| p != shard.id) {
-            glommio::spawn_local(shard.clone().send_to(to, senders.clone())).detach();
+            glommio::spawn_local(shard.clone().send_to(to)).detach();
         }
-        shard
     } else {
-        Rc::new(Shard::new(0, cfg))
-    };
+        // SAFETY: our own doorbell fd, unused with a single shard.
+        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(bell) });
+    }
     let id = shard.id;
     glommio::spawn_local(shard.clone().sweep()).detach();
     if let Some(fd) = stomp {

@@ -257,6 +257,23 @@ pub fn parse<'a>(
     Ok(Parsed::Frame(frame, body_end + 1))
 }
 
+/// Best effort for an ERROR about a frame that did not parse: the raw value
+/// of its first `receipt` header among the complete header lines buffered.
+pub fn receipt_hint(buf: &[u8]) -> Option<String> {
+    let mut lines = buf.split(|&b| b == b'\n').skip_while(|l| l.is_empty() || *l == b"\r");
+    lines.next()?; // the command line
+    for line in lines.take(1024) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix(b"receipt:") {
+            return Some(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    None
+}
+
 /// The line starting at `start`, without its `\n` or `\r\n`, and the offset
 /// after it; `None` while the line is unfinished.
 fn line<'a>(
@@ -486,6 +503,13 @@ mod tests {
             parse(b"SEND\nnocolon\n\n\0", Escaping::V12, &L).unwrap_err(),
             ParseError::MalformedHeader
         );
+    }
+
+    #[test]
+    fn receipt_of_an_unparsable_frame() {
+        assert_eq!(receipt_hint(b"SEND\nk:a\\tb\nreceipt:r9\n\n\0").as_deref(), Some("r9"));
+        assert_eq!(receipt_hint(b"\nSEND\r\nreceipt:r1\r\n"), Some("r1".into()));
+        assert_eq!(receipt_hint(b"SEND\n\nreceipt:x\0"), None);
     }
 
     #[test]
