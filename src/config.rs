@@ -147,8 +147,10 @@ settings! {
     /// A connection that has not completed the WebSocket upgrade and CONNECT
     /// within this many ms is closed (protects against idle or slow-loris sockets).
     connect_timeout_ms: u64 = 10_000, env "STAMPEDE_CONNECT_TIMEOUT_MS", default_help "10000";
-    /// Capacity of each shard-to-shard SPSC channel, in batches. The notes
-    /// measured 1024 as the point below which both sides sleep and wake.
+    /// Capacity of each shard-to-shard queue, in batches (a batch is all a
+    /// shard queued for that peer since its last send). glommio's notes
+    /// measured 1024-slot channels as the size below which producer and
+    /// consumer keep putting each other to sleep and waking each other.
     mesh_capacity: usize = 1024, env "STAMPEDE_MESH_CAPACITY", default_help "1024";
     /// Items queued for one peer shard above which connections on this shard
     /// stop being read until the queue drains (back-pressure, never loss).

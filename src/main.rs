@@ -13,6 +13,40 @@ use tracing::{error, info};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Environment variable counting start attempts (see `restart_after_stall`).
+const ATTEMPT_VAR: &str = "STAMPEDE_START_ATTEMPT";
+/// Start attempts before giving up.
+const MAX_START_ATTEMPTS: u32 = 3;
+
+/// A glommio executor thread occasionally parks in io_uring before it first
+/// polls its shard's future and never wakes (seen about once in 1,000 starts
+/// on a loaded 2-core machine; ARCHITECTURE.md, "Start-up"). Nothing has
+/// been announced yet — the ready line comes after every shard accepts — so
+/// the cure is to start over: re-exec this binary with the same arguments.
+/// Listeners and the data-dir lock are close-on-exec and go with the old
+/// image.
+fn restart_after_stall(e: &std::io::Error) -> ! {
+    use std::os::unix::process::CommandExt;
+    let attempt: u32 = std::env::var(ATTEMPT_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    if attempt >= MAX_START_ATTEMPTS {
+        error!("{e}; giving up after {attempt} attempts");
+        std::process::exit(1);
+    }
+    tracing::warn!("{e}; starting again (attempt {})", attempt + 1);
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "stampede".into());
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env(ATTEMPT_VAR, (attempt + 1).to_string())
+        .exec();
+    error!("cannot re-exec stampede: {err}");
+    std::process::exit(1);
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -77,6 +111,7 @@ fn main() -> ExitCode {
     let http_addr = listeners.http_addr;
     let handles = match start(&cfg, listeners) {
         Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => restart_after_stall(&e),
         Err(e) => {
             error!("{e}");
             return ExitCode::from(1);

@@ -390,6 +390,9 @@ impl Session {
             cx.token,
             receipt,
         );
+        // Most clients hold one or two subscriptions: grow one at a time
+        // rather than by doubling (idle memory per session is a headline).
+        self.subs.reserve_exact(1);
         self.subs.push(SubState {
             id: id.into(),
             n,

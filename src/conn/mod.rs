@@ -87,3 +87,20 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Keeps an eye on the per-connection struct: it is most of an idle
+    /// session's memory (the budget is 2 KiB per session in all).
+    #[test]
+    fn conn_stays_small() {
+        let size = std::mem::size_of::<std::cell::RefCell<super::Conn>>();
+        eprintln!(
+            "RefCell<Conn> = {size} bytes, Session = {}, Out = {}, WsReader = {}",
+            std::mem::size_of::<crate::session::Session>(),
+            std::mem::size_of::<super::Out>(),
+            std::mem::size_of::<crate::ws::framing::WsReader>()
+        );
+        assert!(size <= 512, "Conn grew to {size} bytes");
+    }
+}

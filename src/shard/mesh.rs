@@ -108,7 +108,10 @@ pub enum Offer {
 impl MeshEnd {
     /// The fd to wait on for this shard's doorbell (taken once).
     pub fn take_bell_fd(&mut self) -> RawFd {
-        self.bell_rx.take().expect("doorbell taken once").into_raw_fd()
+        self.bell_rx
+            .take()
+            .expect("doorbell taken once")
+            .into_raw_fd()
     }
 
     /// Offer a batch to `to` and ring its bell. Runs on this shard.
@@ -140,7 +143,9 @@ impl MeshEnd {
 
     /// Clear our doorbell; call before draining (see the module comment).
     pub fn clear_bell(&self) {
-        self.bells.bells[self.id].rung.store(false, Ordering::SeqCst);
+        self.bells.bells[self.id]
+            .rung
+            .store(false, Ordering::SeqCst);
     }
 
     /// Take every batch queued for us, in order per peer; ring the bell of
@@ -163,7 +168,12 @@ impl MeshEnd {
             // SAFETY: a valid socket fd; a full socket buffer (EAGAIN) means
             // the bell is already ringing, which is all we need.
             unsafe {
-                libc::send(bell.fd.as_raw_fd(), [1u8].as_ptr().cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+                libc::send(
+                    bell.fd.as_raw_fd(),
+                    [1u8].as_ptr().cast(),
+                    1,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
             }
         }
     }
@@ -195,7 +205,11 @@ mod tests {
             got += 1;
         });
         assert_eq!(got, 2);
-        assert_eq!(bell_bytes(bell0), 1, "the producer that wanted space is rung");
+        assert_eq!(
+            bell_bytes(bell0),
+            1,
+            "the producer that wanted space is rung"
+        );
         assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Sent));
         assert_eq!(bell_bytes(bell1), 1);
     }

@@ -76,6 +76,11 @@ fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> io::Result<(SocketAddr,
     Ok((addr, fds))
 }
 
+/// How long start-up waits for every shard to report that it accepts. A
+/// shard normally starts in a few milliseconds; see `main` for what happens
+/// when one does not.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Start every shard; returns their join handles once every shard accepts.
 pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinHandle<()>>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
@@ -104,10 +109,18 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinH
             .map_err(|e| io::Error::other(format!("cannot start shard {id} on cpu {cpu}: {e}")))?;
         handles.push(handle);
     }
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
     for _ in 0..cfg.shards {
-        ready_rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| io::Error::other("a shard did not start within 30 s"))?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        ready_rx.recv_timeout(left).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "not every shard started within {} s",
+                    STARTUP_TIMEOUT.as_secs()
+                ),
+            )
+        })?;
     }
     Ok(handles)
 }

@@ -260,7 +260,9 @@ pub fn parse<'a>(
 /// Best effort for an ERROR about a frame that did not parse: the raw value
 /// of its first `receipt` header among the complete header lines buffered.
 pub fn receipt_hint(buf: &[u8]) -> Option<String> {
-    let mut lines = buf.split(|&b| b == b'\n').skip_while(|l| l.is_empty() || *l == b"\r");
+    let mut lines = buf
+        .split(|&b| b == b'\n')
+        .skip_while(|l| l.is_empty() || *l == b"\r");
     lines.next()?; // the command line
     for line in lines.take(1024) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -507,7 +509,10 @@ mod tests {
 
     #[test]
     fn receipt_of_an_unparsable_frame() {
-        assert_eq!(receipt_hint(b"SEND\nk:a\\tb\nreceipt:r9\n\n\0").as_deref(), Some("r9"));
+        assert_eq!(
+            receipt_hint(b"SEND\nk:a\\tb\nreceipt:r9\n\n\0").as_deref(),
+            Some("r9")
+        );
         assert_eq!(receipt_hint(b"\nSEND\r\nreceipt:r1\r\n"), Some("r1".into()));
         assert_eq!(receipt_hint(b"SEND\n\nreceipt:x\0"), None);
     }
