@@ -12,7 +12,7 @@ use crate::router::message::RESERVED_HEADERS;
 use crate::router::{AckMode, Draft, room_of};
 use crate::shard::Shard;
 use crate::stomp::frame::{Command, Escaping, Frame, Version, escape_into};
-use crate::ws::framing::close_code;
+use crate::ws::framing::CloseCode;
 
 /// Versions we speak, for the ERROR `version` header.
 pub const SUPPORTED_VERSIONS: &str = "1.0,1.1,1.2";
@@ -25,7 +25,7 @@ pub struct StompError {
     /// The ERROR body.
     pub detail: String,
     /// WebSocket close code to use after the ERROR.
-    pub close_code: u16,
+    pub close_code: CloseCode,
     /// Add the `version` header (failed version negotiation).
     pub version_header: bool,
 }
@@ -38,14 +38,14 @@ impl StompError {
         StompError {
             message: message.into(),
             detail: detail.into(),
-            close_code: close_code::PROTOCOL_ERROR,
+            close_code: CloseCode::Protocol,
             version_header: false,
         }
     }
 
     pub fn limit(message: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> StompError {
         StompError {
-            close_code: close_code::POLICY,
+            close_code: CloseCode::Policy,
             ..StompError::protocol(message, detail)
         }
     }
@@ -241,7 +241,7 @@ impl Session {
             }
             Command::Disconnect => {
                 self.receipt(out, receipt);
-                out.close(close_code::NORMAL, "");
+                out.close(CloseCode::Normal, "");
                 Ok(())
             }
         }

@@ -19,7 +19,7 @@ use crate::router::{owner_of, room_of};
 use crate::session::{Ctx, StompError};
 use crate::shard::{Shard, ShardMsg};
 use crate::stomp::frame::{ParseError, Parsed, parse};
-use crate::ws::framing::{Event, WsError, close_code};
+use crate::ws::framing::{CloseCode, Event, WsError};
 use crate::ws::handshake::{self, HeadError, Request, http_response};
 
 /// Size of the per-shard read buffer. One read takes at most this much; 64
@@ -238,13 +238,20 @@ fn ws_bytes(shard: &Shard, me: &ConnRef, c: &mut Conn, data: &mut [u8]) {
             }
             Event::Close(code) => {
                 // Echo the peer's code (RFC 6455 §5.5.1), then close.
-                out.close(code.unwrap_or(close_code::NORMAL), "");
+                // A code the peer may not send (1005, 1006, 1015, unassigned
+                // ones) is a protocol error (RFC 6455 §7.4.1).
+                let reply = match code.map(CloseCode::from) {
+                    None => CloseCode::Normal,
+                    Some(c) if c.is_allowed() => c,
+                    Some(_) => CloseCode::Protocol,
+                };
+                out.close(reply, "");
             }
         }
         Ok(())
     });
     if let Err(e) = result {
-        out.close(close_code::PROTOCOL_ERROR, &e.to_string());
+        out.close(CloseCode::Protocol, &e.to_string());
     }
 }
 
@@ -323,7 +330,7 @@ fn parse_error(e: &ParseError, shard: &Shard) -> StompError {
     let l = &shard.limits;
     match e {
         ParseError::FrameTooLarge => StompError {
-            close_code: close_code::TOO_BIG,
+            close_code: CloseCode::Size,
             ..StompError::limit(
                 "frame too large",
                 format!(

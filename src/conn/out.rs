@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::router::Encoded;
 use crate::stomp::frame::{Escaping, encode_frame};
-use crate::ws::framing::{self, close_code, data_opcode};
+use crate::ws::framing::{self, CloseCode, data_opcode};
 
 /// How long a closing connection may take to drain its buffer (a final
 /// ERROR, RECEIPT or close frame) before the socket is closed regardless.
@@ -128,7 +128,7 @@ impl Out {
 
     /// Start closing: queue a WebSocket close frame with `code`, flush what
     /// is queued, then close.
-    pub fn close(&mut self, code: u16, reason: &str) {
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
         if self.closing.is_some() {
             return;
         }
@@ -145,7 +145,7 @@ impl Out {
         receipt: Option<&str>,
         extra: &[(&str, &str)],
         detail: &str,
-        code: u16,
+        code: CloseCode,
     ) {
         if self.closing.is_some() {
             return;
@@ -167,14 +167,5 @@ impl Out {
     pub fn http(&mut self, response: &[u8]) {
         self.buf.extend_from_slice(response);
         self.closing = Some(Instant::now() + CLOSE_FLUSH_TIMEOUT);
-    }
-}
-
-/// The close code that goes with a STOMP error.
-pub fn code_for_limit(limit: bool) -> u16 {
-    if limit {
-        close_code::POLICY
-    } else {
-        close_code::PROTOCOL_ERROR
     }
 }

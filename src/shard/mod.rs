@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::conn::{Conn, ConnRef, ConnToken, Phase, io};
 use crate::router::{AckMode, Draft, OwnedRoom, Rooms, Sequenced, Subscriber, owner_of};
 use crate::stomp::frame::{Limits, Version};
-use crate::ws::framing::close_code;
+use crate::ws::framing::CloseCode;
 pub use msg::{Interest, ShardMsg};
 pub use notify::Notify;
 
@@ -418,7 +418,7 @@ impl Shard {
                         None,
                         &[],
                         &format!("subscription has {max_pending} messages without ACK; acknowledge or use ack:auto"),
-                        close_code::POLICY,
+                        CloseCode::Policy,
                     );
                 } else {
                     state.pending.push_back(msg.seq);
@@ -435,7 +435,7 @@ impl Shard {
                         None,
                         &[],
                         &format!("more than {max_out} bytes queued for this connection; it reads too slowly"),
-                        close_code::POLICY,
+                        CloseCode::Policy,
                     );
                 }
             }
@@ -612,7 +612,7 @@ impl Shard {
                                 None,
                                 &[],
                                 &format!("no CONNECT within {} ms", self.cfg.connect_timeout_ms),
-                                close_code::POLICY,
+                                CloseCode::Policy,
                             );
                             touched = true;
                         }
@@ -628,7 +628,7 @@ impl Shard {
                             s.hb_recv_ms
                         );
                         c.out
-                            .error("heart-beat timeout", None, &[], &detail, close_code::POLICY);
+                            .error("heart-beat timeout", None, &[], &detail, CloseCode::Policy);
                         touched = true;
                     } else if s.hb_send_ms > 0
                         // Up to a tick early rather than late: the client must

@@ -13,14 +13,7 @@ use thiserror::Error;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-/// Close codes we send (RFC 6455 §7.4.1).
-pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-}
+pub use tungstenite::protocol::frame::coding::CloseCode;
 
 /// A WebSocket protocol violation by the client; answered with close 1002.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -215,10 +208,10 @@ pub fn data_opcode(utf8: bool) -> OpCode {
 }
 
 /// Append a complete close frame.
-pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+pub fn write_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
     write_header(out, OpCode::Control(Control::Close), 2 + reason.len());
-    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(&u16::from(code).to_be_bytes());
     out.extend_from_slice(reason);
 }
 
@@ -317,7 +310,7 @@ mod tests {
             assert_eq!(out[0], 0x81);
         }
         let mut out = Vec::new();
-        write_close(&mut out, close_code::NORMAL, "");
+        write_close(&mut out, CloseCode::Normal, "");
         assert_eq!(out, [0x88, 0x02, 0x03, 0xe8]);
     }
 }

@@ -363,6 +363,20 @@ def test_close_handshake(server, after_connect):
     d.ping_roundtrip(f"/topic/{uid()}")
 
 
+@pytest.mark.parametrize("sent,echoed", [(1000, 1000), (1001, 1001), (4000, 4000), (1005, 1002), (1006, 1002)])
+def test_close_code_is_echoed_unless_reserved(server, sent, echoed):
+    # RFC 6455 §5.5.1: the reply echoes the peer's code; 1005/1006 must never
+    # appear on the wire, so receiving one is a protocol error (1002).
+    c = server.ws()
+    c.connect()
+    c.ws.send_close(sent, b"")
+    op, data = c.recv_ws(5)
+    assert op == ABNF.OPCODE_CLOSE
+    assert int.from_bytes(data[:2], "big") == echoed
+    c.close_frame_received = True
+    c._wait_tcp_eof(5)
+
+
 def test_close_code_after_protocol_error(server):
     c = server.ws()
     c.connect()
