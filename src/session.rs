@@ -104,6 +104,11 @@ pub struct Session {
     /// and how often we must hear from the client.
     pub hb_send_ms: u64,
     pub hb_recv_ms: u64,
+    /// RECEIPTs owed for SEND/SUBSCRIBE that another shard answers later.
+    pub outstanding_receipts: u32,
+    /// A DISCONNECT waiting for those receipts: its own receipt (if any)
+    /// and the time after which we close regardless.
+    pub disconnect: Option<(Option<Box<str>>, std::time::Instant)>,
 }
 
 impl Default for Session {
@@ -117,6 +122,8 @@ impl Default for Session {
             txs: Vec::new(),
             hb_send_ms: 0,
             hb_recv_ms: 0,
+            outstanding_receipts: 0,
+            disconnect: None,
         }
     }
 }
@@ -131,6 +138,28 @@ pub struct Ctx<'a> {
 impl Session {
     pub fn escaping(&self) -> Escaping {
         Escaping::for_version(self.version)
+    }
+
+    /// A DISCONNECT arrived and waits for earlier receipts: read no further.
+    pub fn disconnecting(&self) -> bool {
+        self.disconnect.is_some()
+    }
+
+    /// A deferred RECEIPT was written; if a DISCONNECT waited for it and it
+    /// was the last, answer the DISCONNECT and close.
+    pub fn receipt_delivered(&mut self, out: &mut Out) {
+        self.outstanding_receipts = self.outstanding_receipts.saturating_sub(1);
+        if self.outstanding_receipts == 0 {
+            self.finish_disconnect(out);
+        }
+    }
+
+    /// Answer a waiting DISCONNECT and close.
+    pub fn finish_disconnect(&mut self, out: &mut Out) {
+        if let Some((receipt, _)) = self.disconnect.take() {
+            self.receipt(out, receipt.as_deref());
+            out.close(CloseCode::Normal, "");
+        }
     }
 
     /// Handle one frame. On error the caller writes the ERROR and closes.
@@ -170,6 +199,9 @@ impl Session {
                 }
                 let draft = self.draft(f)?;
                 // RECEIPT follows once the owner shard sequenced it.
+                if receipt.is_some() {
+                    self.outstanding_receipts += 1;
+                }
                 cx.shard.publish(draft, cx.token, receipt.map(Into::into));
                 Ok(())
             }
@@ -240,8 +272,13 @@ impl Session {
                 Ok(())
             }
             Command::Disconnect => {
-                self.receipt(out, receipt);
-                out.close(CloseCode::Normal, "");
+                // STOMP's graceful shutdown: the DISCONNECT receipt confirms
+                // every earlier frame, so it waits for receipts still owed.
+                let deadline = std::time::Instant::now() + crate::conn::out::CLOSE_FLUSH_TIMEOUT;
+                self.disconnect = Some((receipt.map(Into::into), deadline));
+                if self.outstanding_receipts == 0 {
+                    self.finish_disconnect(out);
+                }
                 Ok(())
             }
         }
@@ -403,6 +440,8 @@ impl Session {
         });
         if receipt_now {
             self.receipt(out, receipt);
+        } else {
+            self.outstanding_receipts += 1;
         }
         Ok(())
     }

@@ -26,6 +26,12 @@ use crate::ws::handshake::{self, HeadError, Request, http_response};
 /// KiB matches the loopback/TCP segment sizes the kernel hands back at once.
 pub const SCRATCH_SIZE: usize = 64 * 1024;
 
+/// Stop reading a connection while this much of its own output waits for a
+/// socket that does not take it. A client that sends without reading (pings,
+/// receipts) then meets TCP back-pressure instead of growing our memory;
+/// fan-out to it is bounded separately by `max_outbound_bytes`.
+pub const READ_PAUSE_OUTBOUND: usize = 64 * 1024;
+
 thread_local! {
     /// The shard-wide read buffer: connections own no read buffer while idle.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
@@ -101,7 +107,7 @@ fn poll_conn(conn: &ConnRef, stream: &mut TcpStream, cx: &mut Context<'_>) -> Po
             Poll::Pending
         };
     }
-    if c.paused {
+    if c.paused || (c.out.write_blocked && c.out.pending_len() >= READ_PAUSE_OUTBOUND) {
         return Poll::Pending;
     }
     drop(c);
@@ -214,6 +220,7 @@ fn ws_bytes(shard: &Shard, me: &ConnRef, c: &mut Conn, data: &mut [u8]) {
     let Conn {
         ws,
         inbuf,
+        need,
         session,
         out,
         token,
@@ -228,7 +235,7 @@ fn ws_bytes(shard: &Shard, me: &ConnRef, c: &mut Conn, data: &mut [u8]) {
         match ev {
             Event::Data(seg) => {
                 if !out.is_closing() {
-                    stomp_segment(shard, &cx, inbuf, session, out, seg);
+                    stomp_segment(shard, &cx, inbuf, need, session, out, seg);
                 }
             }
             Event::Ping(payload) => {
@@ -258,6 +265,7 @@ fn ws_bytes(shard: &Shard, me: &ConnRef, c: &mut Conn, data: &mut [u8]) {
 fn stomp_bytes(shard: &Shard, me: &ConnRef, c: &mut Conn, data: &[u8]) {
     let Conn {
         inbuf,
+        need,
         session,
         out,
         token,
@@ -268,47 +276,64 @@ fn stomp_bytes(shard: &Shard, me: &ConnRef, c: &mut Conn, data: &[u8]) {
         me,
         token: *token,
     };
-    stomp_segment(shard, &cx, inbuf, session, out, data);
+    stomp_segment(shard, &cx, inbuf, need, session, out, data);
 }
 
 /// Parse and handle every complete STOMP frame of `inbuf` + `seg`; keep an
 /// unfinished one in `inbuf`.
+///
+/// An unfinished frame is not re-parsed for every new segment (a frame sent
+/// a byte at a time would cost quadratic time): every frame ends with NUL,
+/// so parsing again is only worth it when the new bytes hold a NUL and the
+/// buffer has reached `need` (the known length of a `content-length` frame),
+/// or when the buffer reached the frame size limit (to refuse it).
 fn stomp_segment(
     shard: &Shard,
     cx: &Ctx<'_>,
     inbuf: &mut Vec<u8>,
+    need: &mut usize,
     session: &mut crate::session::Session,
     out: &mut super::Out,
     seg: &[u8],
 ) {
     if inbuf.is_empty() {
-        let used = handle_frames(shard, cx, seg, session, out);
+        let (used, rest_need) = handle_frames(shard, cx, seg, session, out);
         if used < seg.len() && !out.is_closing() {
             inbuf.extend_from_slice(&seg[used..]);
+            *need = rest_need;
         }
     } else {
         inbuf.extend_from_slice(seg);
-        let used = handle_frames(shard, cx, inbuf, session, out);
+        let worth = inbuf.len() >= shard.limits.max_frame_size
+            || (inbuf.len() >= *need && seg.contains(&0));
+        if !worth {
+            return;
+        }
+        let (used, rest_need) = handle_frames(shard, cx, inbuf, session, out);
+        *need = rest_need;
         if used >= inbuf.len() || out.is_closing() {
             *inbuf = Vec::new();
+            *need = 0;
         } else {
             inbuf.drain(..used);
         }
     }
 }
 
-/// Handle the complete frames at the start of `buf`; returns bytes used.
+/// Handle the complete frames at the start of `buf`; returns bytes used and
+/// the length the unfinished rest must reach before it can parse (0: unknown).
 fn handle_frames(
     shard: &Shard,
     cx: &Ctx<'_>,
     buf: &[u8],
     session: &mut crate::session::Session,
     out: &mut super::Out,
-) -> usize {
+) -> (usize, usize) {
     let mut pos = 0;
-    while pos < buf.len() && !out.is_closing() {
+    while pos < buf.len() && !out.is_closing() && !session.disconnecting() {
         match parse(&buf[pos..], session.escaping(), &shard.limits) {
             Ok(Parsed::Incomplete) => break,
+            Ok(Parsed::NeedBytes(n)) => return (pos, n),
             Ok(Parsed::HeartBeat(n)) => pos += n,
             Ok(Parsed::Frame(f, n)) => {
                 pos += n;
@@ -323,7 +348,7 @@ fn handle_frames(
             }
         }
     }
-    pos
+    (pos, 0)
 }
 
 fn parse_error(e: &ParseError, shard: &Shard) -> StompError {

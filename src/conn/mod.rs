@@ -50,6 +50,8 @@ pub struct Conn {
     pub ws: WsReader,
     /// An unfinished STOMP frame (or HTTP head) carried to the next read.
     pub inbuf: Vec<u8>,
+    /// Length `inbuf` must reach before re-parsing can make progress.
+    pub need: usize,
     pub session: Session,
     pub out: Out,
     /// Reading is suspended because a queue towards another shard is full.
@@ -71,6 +73,7 @@ impl Conn {
             phase,
             ws: WsReader::default(),
             inbuf: Vec::new(),
+            need: 0,
             session: Session::default(),
             out: Out::new(phase == Phase::Ws, now),
             paused: false,

@@ -254,9 +254,12 @@ impl Shard {
         if self.paused.borrow().is_empty() || self.peers_congested() {
             return;
         }
+        let now = Instant::now();
         for conn in self.paused.borrow_mut().drain(..) {
             let mut c = conn.borrow_mut();
             c.paused = false;
+            // Its client may have been talking all along; we were not reading.
+            c.last_read = now;
             c.wake();
         }
     }
@@ -457,6 +460,8 @@ impl Shard {
             }
             let esc = c.session.escaping();
             c.out.frame("RECEIPT", &[("receipt-id", receipt)], b"", esc);
+            let c = &mut *c;
+            c.session.receipt_delivered(&mut c.out);
         }
         self.mark_dirty(&conn);
     }
@@ -516,6 +521,19 @@ impl Shard {
             } => {
                 // SAFETY: the sender dup()ed this fd for us and gave up its copy.
                 let stream = unsafe { TcpStream::from_raw_fd(fd) };
+                if self.conn_count() >= self.cfg.max_connections_per_shard() {
+                    // Moved connections count against the owner's share too.
+                    // SAFETY: best-effort write to a socket we own; never blocks.
+                    unsafe {
+                        libc::send(
+                            fd,
+                            start::FULL_HTTP.as_ptr().cast(),
+                            start::FULL_HTTP.len(),
+                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        );
+                    }
+                    return; // dropping the stream closes the socket
+                }
                 self.register(stream, Phase::Ws, inbound, outbound);
             }
         }
@@ -599,6 +617,16 @@ impl Shard {
                     }
                     continue;
                 }
+                if let Some((_, deadline)) = c.session.disconnect {
+                    if now >= deadline {
+                        c.session.finish_disconnect(&mut c.out);
+                        if !c.out.dirty {
+                            c.out.dirty = true;
+                            self.dirty.borrow_mut().push(conn.clone());
+                        }
+                    }
+                    continue;
+                }
                 let s = &c.session;
                 let mut touched = false;
                 if !s.connected {
@@ -618,7 +646,9 @@ impl Shard {
                         }
                     }
                 } else {
-                    if s.hb_recv_ms > 0
+                    // A paused connection is not read: its silence is ours.
+                    if !c.paused
+                        && s.hb_recv_ms > 0
                         && now.duration_since(c.last_read)
                             >= Duration::from_millis(2 * s.hb_recv_ms)
                     {
@@ -631,6 +661,7 @@ impl Shard {
                             .error("heart-beat timeout", None, &[], &detail, CloseCode::Policy);
                         touched = true;
                     } else if s.hb_send_ms > 0
+                        && !c.out.write_blocked
                         // Up to a tick early rather than late: the client must
                         // never wait longer than the negotiated interval.
                         && now.duration_since(c.out.last_write) + tick >= Duration::from_millis(s.hb_send_ms)

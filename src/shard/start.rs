@@ -156,7 +156,7 @@ async fn run(
 }
 
 /// The refusal written to a connection over `max_connections`.
-const FULL_HTTP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nserver full\n";
+pub(crate) const FULL_HTTP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nserver full\n";
 const FULL_STOMP: &[u8] = b"ERROR\nmessage:server full\ncontent-type:text/plain\ncontent-length:37\n\nmax_connections reached; retry later\n\0";
 
 async fn accept_loop(shard: Rc<Shard>, fd: RawFd, phase: Phase) {

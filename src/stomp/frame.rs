@@ -138,6 +138,10 @@ pub enum ParseError {
 pub enum Parsed<'a> {
     /// Need more bytes.
     Incomplete,
+    /// A `content-length` frame whose headers are complete: nothing can
+    /// change until the buffer holds this many bytes (lets the caller skip
+    /// re-parsing while the body streams in).
+    NeedBytes(usize),
     /// A heart-beat EOL (`\n` or `\r\n`) of this many bytes.
     HeartBeat(usize),
     /// A frame and the bytes it used (including the trailing NUL).
@@ -231,7 +235,7 @@ pub fn parse<'a>(
             }
             let end = body_start + len;
             match buf.get(end) {
-                None => return Ok(Parsed::Incomplete),
+                None => return Ok(Parsed::NeedBytes(end + 1)),
                 Some(0) => end,
                 Some(_) => return Err(ParseError::MissingNul),
             }
@@ -425,7 +429,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(b"SEND\ncontent-length:3\n\na\0", Escaping::V12, &L),
-            Ok(Parsed::Incomplete)
+            Ok(Parsed::NeedBytes(27))
         ));
     }
 

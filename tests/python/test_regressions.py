@@ -1,0 +1,58 @@
+"""Regression tests for defects found in review (one test per defect)."""
+import time
+
+from stampede_client import uid
+from stampede_client import build_frame
+
+
+def fnv1a64(s: str) -> int:
+    h = 0xcbf29ce484222325
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def test_disconnect_receipt_waits_for_send_receipts_of_remote_rooms(server_factory):
+    # SEND(receipt) to rooms owned by other shards, then DISCONNECT(receipt)
+    # in the same write: every SEND receipt must come, and before the
+    # DISCONNECT receipt (the DISCONNECT receipt confirms all earlier frames).
+    srv = server_factory("--shards", "4")
+    c = srv.connected("tcp")
+    me = c.shard
+    rooms = [r for r in (f"dr{i}-{uid()}" for i in range(40)) if fnv1a64(r) % 4 != me][:5]
+    assert rooms, "need rooms owned by other shards"
+    data = b"".join(
+        build_frame("SEND", [("destination", f"/topic/{r}"), ("receipt", f"s{i}")], b"x")
+        for i, r in enumerate(rooms)
+    )
+    data += build_frame("DISCONNECT", [("receipt", "bye")])
+    c.send_raw(data)
+    got = [c.expect("RECEIPT")["receipt-id"] for _ in range(len(rooms) + 1)]
+    assert sorted(got[:-1]) == sorted(f"s{i}" for i in range(len(rooms)))
+    assert got[-1] == "bye"
+    c.expect_closed()
+
+
+def test_frame_sent_a_byte_at_a_time(server):
+    # An unfinished frame is only re-parsed when it can complete; it must
+    # still complete, with or without content-length (NULs in the body).
+    room = uid()
+    sub = server.connected("tcp")
+    sub.subscribe(f"/topic/{room}")
+    pub = server.connected("tcp")
+    body = b"a\0b\0c" * 50
+    frames = [
+        build_frame("SEND", [("destination", f"/topic/{room}"), ("content-length", str(len(body)))], body),
+        build_frame("SEND", [("destination", f"/topic/{room}"), ("receipt", "r")], b"plain"),
+    ]
+    for f in frames:
+        for i in range(len(f)):
+            pub.send_raw(f[i:i + 1])
+            if i % 64 == 0:
+                time.sleep(0.001)
+    pub.expect_receipt("r")
+    m1 = sub.expect_message()
+    m2 = sub.expect_message()
+    assert m1.body == body
+    assert m2.body == b"plain"
