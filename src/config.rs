@@ -129,6 +129,10 @@ settings! {
     /// Most SEND/ACK/NACK frames one transaction may hold until COMMIT
     /// (bounds the memory a transaction pins to max_frame_size times this).
     max_transaction_frames: usize = 1024, env "STAMPEDE_MAX_TRANSACTION_FRAMES", default_help "1024";
+    /// Most bytes (bodies and headers) all open transactions of one connection
+    /// may hold until COMMIT. The frame-count limits alone would allow
+    /// 16 x 1024 x 64 KiB; 1 MiB matches the outbound budget per connection.
+    max_transaction_bytes: usize = 1024 * 1024, env "STAMPEDE_MAX_TRANSACTION_BYTES", default_help "1048576";
     /// Most delivered-but-unacknowledged messages per `client` or
     /// `client-individual` subscription; beyond it the client is told it is
     /// not acknowledging and is disconnected (8 bytes each).

@@ -100,6 +100,8 @@ pub struct Session {
     pub subs: Vec<SubState>,
     next_sub_n: u32,
     txs: Vec<(Box<str>, Vec<Held>)>,
+    /// Bytes all open transactions hold (bounded by max_transaction_bytes).
+    held_bytes: usize,
     /// Negotiated heart-beat intervals in ms (0 = off): how often we send,
     /// and how often we must hear from the client.
     pub hb_send_ms: u64,
@@ -120,6 +122,7 @@ impl Default for Session {
             subs: Vec::new(),
             next_sub_n: 0,
             txs: Vec::new(),
+            held_bytes: 0,
             hb_send_ms: 0,
             hb_recv_ms: 0,
             outstanding_receipts: 0,
@@ -245,7 +248,14 @@ impl Session {
             }
             Command::Commit => {
                 let held = self.take_tx(f)?;
-                for h in held {
+                // All or nothing: check every held frame first, so a bad
+                // ACK cannot leave the SENDs before it published.
+                enum Step {
+                    Publish(Draft),
+                    Ack(usize, u64),
+                }
+                let mut steps = Vec::with_capacity(held.len());
+                for h in &held {
                     let frame = Frame {
                         command: h.command,
                         headers: h
@@ -255,12 +265,18 @@ impl Session {
                             .collect(),
                         body: &h.body,
                     };
-                    match h.command {
-                        Command::Send => {
-                            let draft = self.draft(&frame)?;
-                            cx.shard.publish(draft, cx.token, None);
+                    steps.push(match h.command {
+                        Command::Send => Step::Publish(self.draft(&frame)?),
+                        _ => {
+                            let (idx, seq) = self.ack_target(&frame)?;
+                            Step::Ack(idx, seq)
                         }
-                        _ => self.ack(&frame)?,
+                    });
+                }
+                for step in steps {
+                    match step {
+                        Step::Publish(draft) => cx.shard.publish(draft, cx.token, None),
+                        Step::Ack(idx, seq) => self.ack_apply(idx, seq),
                     }
                 }
                 self.receipt(out, receipt);
@@ -333,6 +349,7 @@ impl Session {
         };
         self.version = version;
         self.connected = true;
+        out.escaping = self.escaping();
         if let Some(login) = f.header("login").filter(|l| !l.is_empty()) {
             self.user = login.into();
         }
@@ -478,9 +495,17 @@ impl Session {
             shard.unsubscribe(&sub.room, sub.local_key);
         }
         self.txs.clear();
+        self.held_bytes = 0;
     }
 
     fn ack(&mut self, f: &Frame<'_>) -> Result<(), StompError> {
+        let (sub_idx, seq) = self.ack_target(f)?;
+        self.ack_apply(sub_idx, seq);
+        Ok(())
+    }
+
+    /// The subscription and sequence number an ACK/NACK names, if pending.
+    fn ack_target(&self, f: &Frame<'_>) -> Result<(usize, u64), StompError> {
         let unknown = |what: &str| {
             StompError::protocol(
                 "unknown ack id",
@@ -528,9 +553,19 @@ impl Session {
                 (idx.ok_or_else(|| unknown(mid))?, seq)
             }
         };
+        if !self.subs[sub_idx].pending.contains(&seq) {
+            return Err(unknown(&seq.to_string()));
+        }
+        Ok((sub_idx, seq))
+    }
+
+    /// Acknowledge `seq` on subscription `sub_idx` (cumulatively in `client`
+    /// mode). A seq no longer pending is ignored (an earlier cumulative ACK
+    /// of the same COMMIT covered it).
+    fn ack_apply(&mut self, sub_idx: usize, seq: u64) {
         let sub = &mut self.subs[sub_idx];
         let Some(pos) = sub.pending.iter().position(|&s| s == seq) else {
-            return Err(unknown(&seq.to_string()));
+            return;
         };
         match sub.mode {
             AckMode::Client => {
@@ -540,7 +575,6 @@ impl Session {
                 sub.pending.remove(pos);
             }
         }
-        Ok(())
     }
 
     fn hold(&mut self, tx: &str, f: &Frame<'_>, cx: &Ctx<'_>) -> Result<(), StompError> {
@@ -558,9 +592,20 @@ impl Session {
         if f.command == Command::Send {
             self.draft(f)?;
         }
+        let size = frame_bytes(f);
+        let budget = cx.shard.cfg.max_transaction_bytes;
+        if self.held_bytes + size > budget {
+            return Err(StompError::limit(
+                "too many bytes in transactions",
+                format!(
+                    "open transactions may hold at most {budget} bytes per connection (max_transaction_bytes)"
+                ),
+            ));
+        }
         let Some((_, held)) = self.txs.iter_mut().find(|(id, _)| &**id == tx) else {
             return Err(unknown_tx(tx));
         };
+        self.held_bytes += size;
         held.push(Held {
             command: f.command,
             headers: f
@@ -583,8 +628,31 @@ impl Session {
             .iter()
             .position(|(id, _)| &**id == tx)
             .ok_or_else(|| unknown_tx(tx))?;
-        Ok(self.txs.swap_remove(idx).1)
+        let held = self.txs.swap_remove(idx).1;
+        let freed: usize = held
+            .iter()
+            .map(|h| {
+                h.body.len()
+                    + h.headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        self.held_bytes = self.held_bytes.saturating_sub(freed);
+        Ok(held)
     }
+}
+
+/// What holding a frame costs, for `max_transaction_bytes`: its body and
+/// header text (the same sum `take_tx` gives back).
+fn frame_bytes(f: &Frame<'_>) -> usize {
+    f.body.len()
+        + f.headers
+            .iter()
+            .filter(|(k, _)| k != "transaction" && k != "receipt")
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
 }
 
 fn unknown_tx(tx: &str) -> StompError {

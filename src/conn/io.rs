@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -31,6 +31,11 @@ pub const SCRATCH_SIZE: usize = 64 * 1024;
 /// receipts) then meets TCP back-pressure instead of growing our memory;
 /// fan-out to it is bounded separately by `max_outbound_bytes`.
 pub const READ_PAUSE_OUTBOUND: usize = 64 * 1024;
+
+/// Reads discarded per poll while waiting for a closing peer's EOF, before
+/// yielding to other tasks (a peer that keeps sending cannot hog the shard;
+/// the close deadline ends it).
+const DISCARD_READS_PER_POLL: usize = 16;
 
 thread_local! {
     /// The shard-wide read buffer: connections own no read buffer while idle.
@@ -100,12 +105,32 @@ fn poll_conn(conn: &ConnRef, stream: &mut TcpStream, cx: &mut Context<'_>) -> Po
         }
     }
     if c.out.is_closing() {
-        // Done once drained; the sweeper aborts at the deadline otherwise.
-        return if c.out.pending_len() == 0 {
-            Poll::Ready(Ev::Done)
-        } else {
+        // The sweeper aborts at the close deadline if this never finishes.
+        if c.out.pending_len() > 0 {
+            return Poll::Pending;
+        }
+        // Everything is sent. Closing a socket with unread input makes the
+        // kernel answer with RST, which can destroy the ERROR or RECEIPT we
+        // just sent; so half-close and read (discarding) until the peer
+        // closes too.
+        if !c.out.shut_wr {
+            // SAFETY: our open socket.
+            unsafe { libc::shutdown(c.fd, libc::SHUT_WR) };
+            c.out.shut_wr = true;
+        }
+        drop(c);
+        return SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            for _ in 0..DISCARD_READS_PER_POLL {
+                match Pin::new(&mut *stream).poll_read(cx, &mut s[..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ev::Done),
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            cx.waker().wake_by_ref(); // let other tasks run, then go on
             Poll::Pending
-        };
+        });
     }
     if c.paused || (c.out.write_blocked && c.out.pending_len() >= READ_PAUSE_OUTBOUND) {
         return Poll::Pending;
@@ -342,7 +367,9 @@ fn handle_frames(
                 }
             }
             Err(e) => {
-                let receipt = crate::stomp::frame::receipt_hint(&buf[pos..]);
+                let receipt = crate::stomp::frame::receipt_hint(&buf[pos..]).map(|r| {
+                    crate::stomp::frame::unescape_value(&r, session.escaping()).unwrap_or(r)
+                });
                 parse_error(&e, shard).write(out, receipt.as_deref());
                 break;
             }
@@ -385,12 +412,24 @@ fn parse_error(e: &ParseError, shard: &Shard) -> StompError {
 /// Move an upgraded connection to its room's owner shard: dup() the fd for
 /// the owner, who rebuilds the stream; our copy closes with `stream`.
 fn hand_off(shard: &Shard, stream: &TcpStream, h: Handoff) {
-    // SAFETY: dup of an fd we own; the new fd is handed over exactly once.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    // SAFETY: F_DUPFD_CLOEXEC of an fd we own.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
         debug!("dup for hand-off: {}", std::io::Error::last_os_error());
+        // Out of fds: tell the client instead of leaving it hanging.
+        // SAFETY: best-effort write to our socket; never blocks.
+        unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                crate::shard::start::FULL_HTTP.as_ptr().cast(),
+                crate::shard::start::FULL_HTTP.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+        }
         return;
     }
+    // SAFETY: a fresh fd from F_DUPFD_CLOEXEC, owned from here on.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     shard.to_peer(
         h.owner,
         ShardMsg::Adopt {

@@ -25,8 +25,13 @@ pub struct Out {
     pub closing: Option<Instant>,
     /// Close now without flushing (peer gone, or flush deadline passed).
     pub abort: bool,
+    /// Our side is shut down for writing (closing, everything sent).
+    pub shut_wr: bool,
     /// Last time anything was queued (heart-beats are due after a silence).
     pub last_write: Instant,
+    /// Header escaping of the negotiated STOMP version (none before CONNECT),
+    /// for the frames `Out` writes itself (ERROR).
+    pub escaping: Escaping,
 }
 
 impl Out {
@@ -39,7 +44,9 @@ impl Out {
             write_blocked: false,
             closing: None,
             abort: false,
+            shut_wr: false,
             last_write: now,
+            escaping: Escaping::None,
         }
     }
 
@@ -158,8 +165,7 @@ impl Out {
         headers.push(("content-type", "text/plain"));
         let len = detail.len().to_string();
         headers.push(("content-length", &len));
-        // ERROR values are escaped the 1.1/1.2 way; both parse it.
-        self.frame("ERROR", &headers, detail.as_bytes(), Escaping::V11);
+        self.frame("ERROR", &headers, detail.as_bytes(), self.escaping);
         self.close(code, "");
     }
 

@@ -2,7 +2,7 @@
 //! owner gave it a place in the room) → `Encoded` (the bytes every local
 //! subscriber of one STOMP version shares).
 
-use crate::stomp::frame::{Escaping, Version, escape_into};
+use crate::stomp::frame::{Escaping, Version, escape_into, escape_name_into};
 
 /// Headers the server sets on MESSAGE; a SEND cannot supply them.
 pub const RESERVED_HEADERS: [&str; 10] = [
@@ -62,14 +62,14 @@ impl Sequenced {
         b.extend_from_slice(b"\nx-seq:");
         b.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
         b.extend_from_slice(b"\nx-sender:");
-        put(&mut b, &d.sender, esc);
+        escape_into(&mut b, &d.sender, esc);
         b.extend_from_slice(b"\nx-timestamp:");
         b.extend_from_slice(itoa::Buffer::new().format(self.timestamp_ms).as_bytes());
         b.push(b'\n');
         for (k, v) in &d.headers {
-            put(&mut b, k, esc);
+            escape_name_into(&mut b, k, esc);
             b.push(b':');
-            put(&mut b, v, esc);
+            escape_into(&mut b, v, esc);
             b.push(b'\n');
         }
         b.extend_from_slice(b"content-length:");
@@ -82,18 +82,6 @@ impl Sequenced {
             utf8: std::str::from_utf8(&d.body).is_ok(),
         }
     }
-}
-
-/// Append a header name or value. STOMP 1.0 has no escaping, so values go
-/// out raw — except one holding a line break, which cannot be written raw
-/// and gets the 1.1 escapes instead (the only lossless choice left).
-fn put(out: &mut Vec<u8>, s: &str, esc: Escaping) {
-    let esc = if esc == Escaping::None && s.bytes().any(|b| b == b'\n' || b == b'\r') {
-        Escaping::V11
-    } else {
-        esc
-    };
-    escape_into(out, s, esc);
 }
 
 #[cfg(test)]

@@ -519,7 +519,9 @@ impl Shard {
                 inbound,
                 outbound,
             } => {
-                // SAFETY: the sender dup()ed this fd for us and gave up its copy.
+                use std::os::fd::IntoRawFd;
+                let fd = fd.into_raw_fd();
+                // SAFETY: the sender dup()ed this fd for us; we own it now.
                 let stream = unsafe { TcpStream::from_raw_fd(fd) };
                 if self.conn_count() >= self.cfg.max_connections_per_shard() {
                     // Moved connections count against the owner's share too.

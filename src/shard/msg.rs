@@ -1,7 +1,7 @@
 //! What shards say to each other over the SPSC mesh. Messages travel in
 //! batches (`Vec<ShardMsg>`): one channel slot per flush, not per message.
 
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 
 use crate::conn::ConnToken;
 use crate::router::{Draft, Sequenced};
@@ -40,7 +40,8 @@ pub enum ShardMsg {
     /// Take over an upgraded WebSocket connection (fd dup()ed for the
     /// receiver), with bytes already read and bytes still to send.
     Adopt {
-        fd: RawFd,
+        /// Owned: closed if the message is dropped undelivered (shutdown).
+        fd: OwnedFd,
         inbound: Vec<u8>,
         outbound: Vec<u8>,
     },

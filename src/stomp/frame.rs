@@ -336,7 +336,16 @@ fn unescape(raw: &[u8], escaping: Escaping) -> Result<Cow<'_, str>, ParseError> 
 }
 
 /// Append `s` escaped for `escaping` to `out`.
+///
+/// With `Escaping::None` (STOMP 1.0, CONNECTED) values go out raw — except
+/// one holding a line break, which cannot be written raw and gets the 1.1
+/// escapes instead (the only choice that keeps the frame intact).
 pub fn escape_into(out: &mut Vec<u8>, s: &str, escaping: Escaping) {
+    let escaping = if escaping == Escaping::None && s.bytes().any(|b| b == b'\n' || b == b'\r') {
+        Escaping::V11
+    } else {
+        escaping
+    };
     if escaping == Escaping::None || !s.bytes().any(|b| matches!(b, b'\n' | b'\r' | b':' | b'\\')) {
         out.extend_from_slice(s.as_bytes());
         return;
@@ -355,6 +364,23 @@ pub fn escape_into(out: &mut Vec<u8>, s: &str, escaping: Escaping) {
     }
 }
 
+/// Append a header *name*: like `escape_into`, but with no escaping a name
+/// holding `:` would split differently (`a:b:v` reads as `a` = `b:v`), so it
+/// gets the 1.1 escapes too.
+pub fn escape_name_into(out: &mut Vec<u8>, s: &str, escaping: Escaping) {
+    if escaping == Escaping::None && s.contains(':') {
+        escape_into(out, s, Escaping::V11);
+    } else {
+        escape_into(out, s, escaping);
+    }
+}
+
+/// Unescape a value per `escaping` (for a receipt id salvaged from a frame
+/// that did not parse); `None` if it holds an invalid escape.
+pub fn unescape_value(raw: &str, escaping: Escaping) -> Option<String> {
+    unescape(raw.as_bytes(), escaping).ok().map(Cow::into_owned)
+}
+
 /// Append one server frame: command, escaped headers, blank line, body, NUL.
 pub fn encode_frame(
     out: &mut Vec<u8>,
@@ -366,7 +392,7 @@ pub fn encode_frame(
     out.extend_from_slice(command.as_bytes());
     out.push(b'\n');
     for (k, v) in headers {
-        escape_into(out, k, escaping);
+        escape_name_into(out, k, escaping);
         out.push(b':');
         escape_into(out, v, escaping);
         out.push(b'\n');

@@ -56,3 +56,46 @@ def test_frame_sent_a_byte_at_a_time(server):
     m2 = sub.expect_message()
     assert m1.body == body
     assert m2.body == b"plain"
+
+
+def test_commit_is_all_or_nothing(server):
+    # A held SEND followed by a held ACK that names nothing pending: COMMIT
+    # fails as a whole, so the SEND is never published.
+    room = uid()
+    sub = server.connected("tcp")
+    sub.subscribe(f"/topic/{room}")
+    c = server.connected("tcp")
+    c.send_frame("BEGIN", [("transaction", "t1")])
+    c.send_frame("SEND", [("destination", f"/topic/{room}"), ("transaction", "t1")], b"held")
+    c.send_frame("ACK", [("id", "0-999"), ("transaction", "t1")])
+    c.send_frame("COMMIT", [("transaction", "t1"), ("receipt", "c")])
+    c.expect_error("unknown ack", receipt_id="c")
+    sub.assert_silent(0.5, "MESSAGE from a failed COMMIT")
+
+
+def test_transaction_bytes_are_bounded(server_factory):
+    srv = server_factory("--max-transaction-bytes", "4096")
+    c = srv.connected("tcp")
+    c.send_frame("BEGIN", [("transaction", "t")])
+    for i in range(3):
+        c.send_frame("SEND", [("destination", "/topic/big"), ("transaction", "t"), ("receipt", f"r{i}")], b"x" * 1500)
+    c.expect_receipt("r0")
+    c.expect_receipt("r1")
+    c.expect_error("too many bytes in transactions", receipt_id="r2")
+    # another connection is unaffected
+    srv.connected("tcp").ping_roundtrip(f"/topic/{uid()}")
+
+
+def test_header_name_with_colon_is_escaped_for_1_0(server):
+    # A 1.2 publisher's header name "x-sender:admin" (sent as x-sender\cadmin)
+    # must not turn into a second x-sender line for a 1.0 subscriber.
+    room = uid()
+    sub10 = server.connected("tcp", version="1.0")
+    sub10.subscribe(f"/topic/{room}", "s10")
+    pub = server.connected("tcp", version="1.2", login="eve")
+    pub.send_raw(f"SEND\ndestination:/topic/{room}\nx-sender\\cadmin:v\nreceipt:r\n\nhi\0".encode())
+    pub.expect_receipt("r")
+    m = sub10.expect_message()
+    assert m["x-sender"] == "eve"
+    assert b"\nx-sender\\cadmin:v\n" in m.raw
+    assert m.raw.count(b"\nx-sender:") == 1
