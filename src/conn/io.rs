@@ -193,11 +193,7 @@ fn http_bytes(shard: &Shard, me: &ConnRef, c: &mut Conn, data: &mut [u8]) -> Opt
         }
     };
     match req {
-        Request::Plain {
-            method,
-            path,
-            upgrade_attempt: _,
-        } => {
+        Request::Plain { method, path } => {
             let resp = match (method.as_str(), path.as_str()) {
                 ("GET", "/healthz") => http_response("200 OK", "text/plain", b"ok\n"),
                 (_, "/ws") => http_response(

@@ -24,11 +24,7 @@ pub enum Request {
         room: Option<String>,
     },
     /// A plain HTTP request: method and path (query stripped).
-    Plain {
-        method: String,
-        path: String,
-        upgrade_attempt: bool,
-    },
+    Plain { method: String, path: String },
 }
 
 /// Why the head could not be used.
@@ -83,7 +79,6 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> 
             Request::Plain {
                 method,
                 path: path.to_string(),
-                upgrade_attempt,
             },
             len,
         )));
