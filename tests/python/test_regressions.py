@@ -99,3 +99,41 @@ def test_header_name_with_colon_is_escaped_for_1_0(server):
     assert m["x-sender"] == "eve"
     assert b"\nx-sender\\cadmin:v\n" in m.raw
     assert m.raw.count(b"\nx-sender:") == 1
+
+
+def test_max_connections_refuses_with_a_clear_answer(server_factory):
+    # 2 shards x 2 connections: beyond a shard's share, STOMP clients get an
+    # ERROR "server full" and HTTP clients a 503; the ones admitted keep working.
+    import socket
+
+    srv = server_factory("--max-connections", "4", "--shards", "2")
+    admitted, refused = [], 0
+    socks = []
+    for _ in range(12):
+        s = socket.create_connection((srv.host, srv.stomp_port), timeout=5)
+        socks.append(s)
+        s.sendall(b"CONNECT\naccept-version:1.2\n\n\0")
+        data = b""
+        while b"\0" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        if data.startswith(b"CONNECTED"):
+            admitted.append(s)
+        else:
+            assert data.startswith(b"ERROR\nmessage:server full\n"), data
+            refused += 1
+    assert 1 <= len(admitted) <= 4
+    assert refused == 12 - len(admitted)
+    h = socket.create_connection((srv.host, srv.http_port), timeout=5)
+    h.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+    first = h.recv(200)
+    if len(admitted) == 4:
+        # both shards hold their share: the HTTP listener is full too
+        assert first.startswith(b"HTTP/1.1 503 Service Unavailable"), first
+    else:
+        # the kernel sent fewer than two connections to one shard
+        assert first.startswith(b"HTTP/1.1 200"), first
+    for s in socks + [h]:
+        s.close()
