@@ -135,5 +135,14 @@ def test_max_connections_refuses_with_a_clear_answer(server_factory):
     else:
         # the kernel sent fewer than two connections to one shard
         assert first.startswith(b"HTTP/1.1 200"), first
+    # an admitted session still chats
+    a = admitted[0]
+    a.sendall(b"SUBSCRIBE\nid:1\ndestination:/topic/full\n\n\0SEND\ndestination:/topic/full\n\nstill here\0")
+    data = b""
+    while not data.endswith(b"still here\0"):
+        chunk = a.recv(4096)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"MESSAGE\n"), data
     for s in socks + [h]:
         s.close()
