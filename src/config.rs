@@ -67,8 +67,7 @@ macro_rules! settings {
             pub config: Option<PathBuf>,
             $(
                 $(#[doc = $doc])*
-                #[doc = concat!("\n\n[default: ", $dh, "]")]
-                #[arg(long, env = $env)]
+                #[arg(long, env = $env, long_help = concat!($($doc, "\n",)* "\n[default: ", $dh, "]"))]
                 pub $name: Option<$ty>,
             )*
         }
