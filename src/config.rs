@@ -266,6 +266,23 @@ mod tests {
     }
 
     #[test]
+    fn help_gives_every_setting_its_env_var_and_default() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        let settings = Cli::command()
+            .get_arguments()
+            .filter(|a| a.get_long().is_some())
+            .count()
+            - 1; // minus --config
+        assert_eq!(help.matches("[default: ").count(), settings, "{help}");
+        assert_eq!(
+            help.matches("[env: STAMPEDE_").count(),
+            settings + 1,
+            "{help}"
+        );
+    }
+
+    #[test]
     fn unknown_file_key_is_an_error() {
         assert!(toml::from_str::<FileConfig>("max_headerz = 7").is_err());
     }
