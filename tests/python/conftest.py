@@ -91,6 +91,17 @@ class Server:
             return self.ws(**kw)
         raise ValueError(transport)
 
+    def on_distinct_shards(self, want: int, tries: int = 40, transport: str = "tcp") -> dict:
+        """Connected clients on up to `want` different shards ({shard: client});
+        SO_REUSEPORT places connections, so keep connecting until it spreads."""
+        found: dict = {}
+        for _ in range(tries):
+            c = self.connected(transport)
+            found.setdefault(c.shard, c)
+            if len(found) >= want:
+                break
+        return found
+
     def connected(self, transport: str = "tcp", version: str = "1.2", **kw) -> StompClient:
         """A client that already got CONNECTED."""
         c = self.client(transport)

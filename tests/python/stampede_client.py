@@ -244,6 +244,19 @@ class Timeout(AssertionError):
     pass
 
 
+def fnv1a64(data: bytes) -> int:
+    """FNV-1a 64, the hash stampede places rooms with (owner = hash % shards)."""
+    h = 0xCBF29CE484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def owner_shard(room: str, shards: int) -> int:
+    return fnv1a64(room.encode("utf-8")) % shards
+
+
 def uid(prefix="r") -> str:
     return prefix + uuid.uuid4().hex[:12]
 

@@ -1,16 +1,7 @@
 """Regression tests for defects found in review (one test per defect)."""
 import time
 
-from stampede_client import uid
-from stampede_client import build_frame
-
-
-def fnv1a64(s: str) -> int:
-    h = 0xcbf29ce484222325
-    for b in s.encode():
-        h ^= b
-        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-    return h
+from stampede_client import build_frame, owner_shard, uid
 
 
 def test_disconnect_receipt_waits_for_send_receipts_of_remote_rooms(server_factory):
@@ -20,7 +11,7 @@ def test_disconnect_receipt_waits_for_send_receipts_of_remote_rooms(server_facto
     srv = server_factory("--shards", "4")
     c = srv.connected("tcp")
     me = c.shard
-    rooms = [r for r in (f"dr{i}-{uid()}" for i in range(40)) if fnv1a64(r) % 4 != me][:5]
+    rooms = [r for r in (f"dr{i}-{uid()}" for i in range(40)) if owner_shard(r, 4) != me][:5]
     assert rooms, "need rooms owned by other shards"
     data = b"".join(
         build_frame("SEND", [("destination", f"/topic/{r}"), ("receipt", f"s{i}")], b"x")

@@ -7,21 +7,13 @@ from collections import defaultdict
 
 import pytest
 
-from stampede_client import build_frame, uid
+from stampede_client import build_frame, fnv1a64, owner_shard, uid
 
 SHARDS = 4
 
 
-def fnv1a64(data: bytes) -> int:
-    h = 0xCBF29CE484222325
-    for b in data:
-        h ^= b
-        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
 def owner(room: str, shards: int = SHARDS) -> int:
-    return fnv1a64(room.encode("utf-8")) % shards
+    return owner_shard(room, shards)
 
 
 def test_fnv1a64_reference_values():

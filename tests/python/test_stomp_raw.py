@@ -389,12 +389,7 @@ def test_subscribe_receipt_means_live_on_every_shard(server_factory):
     room = uid()
     dest = f"/topic/{room}"
     # publishers on as many shards as we can find
-    pubs = {}
-    for _ in range(40):
-        p = srv.connected("tcp")
-        pubs.setdefault(p.shard, p)
-        if len(pubs) == 4:
-            break
+    pubs = srv.on_distinct_shards(4)
     assert len(pubs) >= 2, "could not get publishers on two shards"
     for i in range(12):
         s = srv.connected("tcp" if i % 2 else "ws")
@@ -414,12 +409,7 @@ def test_send_receipt_means_sequenced(server_factory):
     srv = server_factory("--shards", "4")
     room = uid()
     dest = f"/topic/{room}"
-    pubs = {}
-    for _ in range(40):
-        p = srv.connected("tcp")
-        pubs.setdefault(p.shard, p)
-        if len(pubs) >= 2:
-            break
+    pubs = srv.on_distinct_shards(2)
     assert len(pubs) >= 2, "could not get publishers on two shards"
     a, b = list(pubs.values())[:2]
     sub = srv.connected("tcp")
