@@ -17,16 +17,17 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requi
 if [ -z "${SKIP_LINT:-}" ]; then
   step "cargo fmt --check"
   cargo fmt --all -- --check
-  step "cargo clippy --all-targets -- -D warnings"
-  cargo clippy --release --all-targets -- -D warnings
+  step "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --release --workspace --all-targets -- -D warnings
 fi
 
 step "unit tests"
-cargo test --release
+cargo test --release --workspace
 
-step "building the server"
-cargo build --release
+step "building the server and the load generator"
+cargo build --release --workspace
 export STAMPEDE_BIN="$root/target/release/stampede"
+export STAMPEDE_BENCH_BIN="$root/target/release/stampede-bench"
 
 step "black-box tests (Python: raw frames, WebSocket, stomp.py, shards)"
 python3 -m pytest -q -n 4 tests/python

@@ -1,0 +1,54 @@
+"""The load generator itself is tested: a short storm against a real server."""
+import json
+import os
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.environ.get("STAMPEDE_BENCH_BIN", os.path.join(ROOT, "target/release/stampede-bench"))
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+@pytest.mark.parametrize("ramp_up,workers", [("0.5", "1"), ("0", "2")])
+def test_storm_counts_every_step_and_loses_nothing(server_factory, tmp_path, ramp_up, workers):
+    srv = server_factory("--shards", "2")
+    out = tmp_path / "storm.json"
+    users = 300
+    r = subprocess.run(
+        [BENCH, "storm", "--url", srv.ws_url("/ws"), "--users", str(users), "--ramp-up", ramp_up,
+         "--workers", workers, "--json", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["users"] == users and doc["workers"] == int(workers)
+    rows = {row["step"]: row for row in doc["steps"]["rows"]}
+    assert list(rows) == ["ws_open", "connect", "subscribe", "disconnect", "flow"]
+    for step, row in rows.items():
+        assert row["count"] == users, (step, row)
+        assert row["errors"] == 0, (step, row)
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], (step, row)
+    assert "| flow | 300 | 0 |" in r.stdout
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+def test_storm_reports_errors_by_kind_when_nothing_listens(tmp_path):
+    out = tmp_path / "storm.json"
+    # a port nothing listens on: every user fails at ws_open, counted by kind
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    r = subprocess.run(
+        [BENCH, "storm", "--url", f"ws://127.0.0.1:{port}/ws", "--users", "20", "--ramp-up", "0",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = {row["step"]: row for row in json.loads(out.read_text())["steps"]["rows"]}
+    assert rows["ws_open"]["errors"] == 20
+    assert rows["ws_open"]["error_kinds"] == {"connect: connection refused": 20}
+    assert rows["flow"]["errors"] == 20 and rows["flow"]["error_pct"] == 100.0
+    assert rows["connect"]["count"] == 0
