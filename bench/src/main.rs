@@ -11,8 +11,10 @@
 //! neither the per-process open-file limit nor one ephemeral-port range
 //! caps a run. Workers print their raw samples as JSON; the parent merges.
 
+mod hold;
 mod report;
 mod storm;
+mod ws;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -33,6 +35,8 @@ struct Cli {
 enum Scenario {
     /// The seed's JMeter plan: connect, CONNECT, SUBSCRIBE, DISCONNECT(receipt), close.
     Storm(StormArgs),
+    /// N sessions connect, subscribe and stay idle; server RSS per session.
+    Hold(hold::HoldArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -87,6 +91,14 @@ fn main() {
                 .build()
                 .expect("tokio runtime");
             let code = rt.block_on(run_storm(args));
+            std::process::exit(code);
+        }
+        Scenario::Hold(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let code = rt.block_on(run_hold(args));
             std::process::exit(code);
         }
     }
@@ -163,6 +175,105 @@ async fn run_storm(args: StormArgs) -> i32 {
             "workers": workers,
             "wall_s": wall.as_secs_f64(),
             "steps": summary,
+        });
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()) {
+            eprintln!("cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    0
+}
+
+async fn run_hold(args: hold::HoldArgs) -> i32 {
+    use tokio::io::AsyncBufReadExt;
+    let workers = match (args.worker_count, args.workers) {
+        (Some(n), _) => n,
+        (None, 0) => args.sessions.div_ceil(15_000).max(1),
+        (None, n) => n,
+    };
+    if let Some(index) = args.worker {
+        hold::worker(&args, index, workers).await;
+        return 0;
+    }
+    let before = args.server_pid.and_then(hold::rss_kib);
+    let mut children = Vec::new();
+    for w in 0..workers {
+        let mut cmd = tokio::process::Command::new(std::env::current_exe().expect("own path"));
+        cmd.args(std::env::args_os().skip(1))
+            .arg("--worker-count")
+            .arg(workers.to_string())
+            .arg("--worker")
+            .arg(w.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        match cmd.spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                eprintln!("cannot start worker {w}: {e}");
+                return 2;
+            }
+        }
+    }
+    let mut total = hold::Opened::default();
+    for child in &mut children {
+        let mut line = String::new();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let _ = out.read_line(&mut line).await;
+        match serde_json::from_str::<hold::Opened>(line.trim()) {
+            Ok(o) => {
+                total.established += o.established;
+                for (k, n) in o.errors {
+                    *total.errors.entry(k).or_default() += n;
+                }
+            }
+            Err(e) => {
+                eprintln!("worker failed: {e}");
+                return 2;
+            }
+        }
+    }
+    // Let the server finish the last SUBSCRIBEs, then read its RSS.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let after = args.server_pid.and_then(hold::rss_kib);
+    tokio::time::sleep(std::time::Duration::from_secs_f64(
+        (args.hold - 1.0).max(0.0),
+    ))
+    .await;
+    for child in &mut children {
+        drop(child.stdin.take());
+    }
+    for mut child in children {
+        let _ = child.wait().await;
+    }
+    let per_session = match (before, after) {
+        (Some(b), Some(a)) if total.established > 0 => {
+            Some((a.saturating_sub(b) * 1024) as f64 / total.established as f64)
+        }
+        _ => None,
+    };
+    println!(
+        "hold: {} sessions asked, {} established, errors {:?}; server RSS before {:?} KiB, after {:?} KiB, {} bytes per session",
+        args.sessions,
+        total.established,
+        total.errors,
+        before,
+        after,
+        per_session
+            .map(|b| format!("{b:.0}"))
+            .unwrap_or_else(|| "?".into())
+    );
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "scenario": "hold",
+            "url": args.url,
+            "sessions": args.sessions,
+            "established": total.established,
+            "errors": total.errors,
+            "workers": workers,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "bytes_per_session": per_session,
         });
         if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()) {
             eprintln!("cannot write {}: {e}", path.display());

@@ -1,21 +1,18 @@
 //! The `storm` scenario: one user's JMeter flow, and a worker's slice of users.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpSocket;
+use futures_util::SinkExt;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::StormArgs;
 use crate::report::Samples;
 
 /// Run the users `i` with `i % workers == index`, each at its ramp-up offset.
 pub async fn run_slice(args: &StormArgs, index: usize, workers: usize) -> Samples {
-    let (addr, src) = match resolve(&args.url, index) {
+    let (addr, src) = match crate::ws::resolve(&args.url, index) {
         Ok(x) => x,
         Err(e) => {
             let mut s = Samples::default();
@@ -57,31 +54,6 @@ pub async fn run_slice(args: &StormArgs, index: usize, workers: usize) -> Sample
     samples
 }
 
-/// The server address and our source address (127.0.0.(2+worker) when the
-/// server is on loopback, so each worker has its own port range).
-fn resolve(url: &str, index: usize) -> Result<(SocketAddr, Option<IpAddr>), String> {
-    let req = url
-        .into_client_request()
-        .map_err(|e| format!("bad url: {e}"))?;
-    let host = req.uri().host().ok_or("url without host")?.to_string();
-    let port = req.uri().port_u16().unwrap_or(80);
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve: {e}"))?
-        .next()
-        .ok_or("no address")?;
-    let src = match addr.ip() {
-        IpAddr::V4(v4) if v4.is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(
-            127,
-            0,
-            0,
-            2 + (index % 250) as u8,
-        ))),
-        _ => None,
-    };
-    Ok((addr, src))
-}
-
 type Step = (&'static str, Result<u64, String>);
 
 /// One user's flow; every step that ran reports its time or error kind.
@@ -111,33 +83,7 @@ async fn flow(
         };
 
     // ws_open: TCP connect + WebSocket upgrade.
-    let opened = timeout(limit, async {
-        let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
-        if let Some(ip) = src {
-            sock.bind(SocketAddr::new(ip, 0))
-                .map_err(|e| format!("bind: {}", e.kind()))?;
-        }
-        let stream = sock
-            .connect(addr)
-            .await
-            .map_err(|e| format!("connect: {}", e.kind()))?;
-        let _ = stream.set_nodelay(true);
-        let mut req = args
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| e.to_string())?;
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("v12.stomp, v11.stomp, v10.stomp"),
-        );
-        tokio_tungstenite::client_async(req, stream)
-            .await
-            .map(|(ws, _)| ws)
-            .map_err(|e| format!("upgrade: {}", short(&e.to_string())))
-    })
-    .await
-    .unwrap_or_else(|_| Err("timeout".into()));
+    let opened = crate::ws::open(&args.url, addr, src, limit).await;
     let mut ws = match opened {
         Ok(ws) => {
             record(steps, "ws_open", Ok(()))?;
@@ -154,8 +100,8 @@ async fn flow(
     let r = async {
         ws.send(Message::text(connect))
             .await
-            .map_err(|e| format!("send: {}", short(&e.to_string())))?;
-        expect(&mut ws, "CONNECTED", limit, false).await
+            .map_err(|e| format!("send: {}", crate::ws::short(&e.to_string())))?;
+        crate::ws::expect(&mut ws, "CONNECTED", limit, false).await
     }
     .await;
     record(steps, "connect", r)?;
@@ -168,75 +114,19 @@ async fn flow(
     let r = ws
         .send(Message::text(sub))
         .await
-        .map_err(|e| format!("send: {}", short(&e.to_string())));
+        .map_err(|e| format!("send: {}", crate::ws::short(&e.to_string())));
     record(steps, "subscribe", r)?;
 
     // disconnect: DISCONNECT receipt:77 → RECEIPT.
     let r = async {
         ws.send(Message::text("DISCONNECT\nreceipt:77\n\n\0"))
             .await
-            .map_err(|e| format!("send: {}", short(&e.to_string())))?;
-        expect(&mut ws, "RECEIPT", limit, args.close_is_receipt).await
+            .map_err(|e| format!("send: {}", crate::ws::short(&e.to_string())))?;
+        crate::ws::expect(&mut ws, "RECEIPT", limit, args.close_is_receipt).await
     }
     .await;
     record(steps, "disconnect", r)?;
 
     let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
     Ok(())
-}
-
-/// Read until a frame with `command` arrives (heart-beat EOLs skipped).
-async fn expect<S>(ws: &mut S, command: &str, limit: Duration, close_ok: bool) -> Result<(), String>
-where
-    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return Err("timeout".into()),
-            Ok(None) => {
-                return if close_ok {
-                    Ok(())
-                } else {
-                    Err(format!("closed before {command}"))
-                };
-            }
-            Ok(Some(Err(e))) => {
-                return if close_ok {
-                    Ok(())
-                } else {
-                    Err(format!("read: {}", short(&e.to_string())))
-                };
-            }
-            Ok(Some(Ok(m))) => m,
-        };
-        let data: &[u8] = match &msg {
-            Message::Text(t) => t.as_bytes(),
-            Message::Binary(b) => b,
-            Message::Close(_) => {
-                return if close_ok {
-                    Ok(())
-                } else {
-                    Err(format!("closed before {command}"))
-                };
-            }
-            _ => continue,
-        };
-        let frame = data.strip_prefix(b"\r\n").unwrap_or(data);
-        let frame = frame.trim_ascii_start();
-        if frame.is_empty() {
-            continue; // heart-beat
-        }
-        if frame.starts_with(command.as_bytes()) {
-            return Ok(());
-        }
-        if frame.starts_with(b"ERROR") {
-            return Err("ERROR frame".into());
-        }
-    }
-}
-
-/// Error kinds are counted, so keep them short and free of per-user detail.
-fn short(s: &str) -> String {
-    s.chars().take(60).collect()
 }

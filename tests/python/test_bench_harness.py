@@ -52,3 +52,21 @@ def test_storm_reports_errors_by_kind_when_nothing_listens(tmp_path):
     assert rows["ws_open"]["error_kinds"] == {"connect: connection refused": 20}
     assert rows["flow"]["errors"] == 20 and rows["flow"]["error_pct"] == 100.0
     assert rows["connect"]["count"] == 0
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+def test_hold_reports_sessions_and_server_memory(server_factory, tmp_path):
+    srv = server_factory("--shards", "2")
+    out = tmp_path / "hold.json"
+    r = subprocess.run(
+        [BENCH, "hold", "--url", srv.ws_url("/ws"), "--sessions", "400", "--ramp-up", "0.2",
+         "--hold", "1", "--workers", "2", "--server-pid", str(srv.proc.pid), "--json", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["established"] == 400 and doc["errors"] == {}
+    assert doc["rss_after_kib"] > doc["rss_before_kib"] > 0
+    # one idle subscribed session costs the server some hundreds of bytes to a
+    # few KiB; far outside that means the measurement is broken
+    assert 100 < doc["bytes_per_session"] < 64 * 1024, doc

@@ -1,0 +1,140 @@
+//! The `hold` scenario: N sessions connect, subscribe and stay idle; the
+//! server's RSS before and after gives its memory per idle session.
+//!
+//! Workers open their slice, report `{"established":…,"errors":{…}}` as one
+//! JSON line, then hold every socket until the parent closes their stdin.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::ws::{self, Ws};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct HoldArgs {
+    /// WebSocket URL of the STOMP endpoint.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Number of sessions to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// Rooms the sessions subscribe to (session i takes room i % rooms).
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Seconds over which sessions open.
+    #[arg(long, default_value_t = 2.0)]
+    pub ramp_up: f64,
+    /// Seconds to hold the sessions once all are open.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+    /// PID of the server, to read its RSS from /proc/PID/status.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Worker processes; 0 = one per 15,000 sessions.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Seconds a step may take before it counts as a timeout error.
+    #[arg(long, default_value_t = 10.0)]
+    pub step_timeout: f64,
+    #[arg(long, default_value = "guest")]
+    pub login: String,
+    #[arg(long, default_value = "guest")]
+    pub passcode: String,
+    #[arg(long, default_value = "/")]
+    pub vhost: String,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    #[arg(long, hide = true)]
+    pub worker: Option<usize>,
+    #[arg(long, hide = true)]
+    pub worker_count: Option<usize>,
+}
+
+/// What a worker reports once its sessions are open.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Opened {
+    pub established: usize,
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Worker: open the slice, report, hold until stdin closes.
+pub async fn worker(args: &HoldArgs, index: usize, workers: usize) {
+    let limit = Duration::from_secs_f64(args.step_timeout);
+    let mut report = Opened::default();
+    let (addr, src) = match ws::resolve(&args.url, index) {
+        Ok(x) => x,
+        Err(e) => {
+            report
+                .errors
+                .insert(e, (index..args.sessions).step_by(workers).count() as u64);
+            println!("{}", serde_json::to_string(&report).unwrap());
+            return;
+        }
+    };
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in (index..args.sessions).step_by(workers) {
+        let offset = Duration::from_secs_f64(args.ramp_up * i as f64 / args.sessions.max(1) as f64);
+        let args = args.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start + offset).await;
+            open_session(i, &args, addr, src, limit).await
+        }));
+    }
+    let mut held: Vec<Ws> = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(ws)) => held.push(ws),
+            Ok(Err(kind)) => *report.errors.entry(kind).or_default() += 1,
+            Err(e) => *report.errors.entry(format!("task: {e}")).or_default() += 1,
+        }
+    }
+    report.established = held.len();
+    println!("{}", serde_json::to_string(&report).unwrap());
+    // Hold until the parent closes our stdin.
+    let mut sink = [0u8; 16];
+    let mut stdin = tokio::io::stdin();
+    while matches!(stdin.read(&mut sink).await, Ok(n) if n > 0) {}
+    drop(held);
+}
+
+async fn open_session(
+    i: usize,
+    args: &HoldArgs,
+    addr: std::net::SocketAddr,
+    src: Option<std::net::IpAddr>,
+    limit: Duration,
+) -> Result<Ws, String> {
+    let mut s = ws::open(&args.url, addr, src, limit).await?;
+    let connect = format!(
+        "CONNECT\naccept-version:1.2,1.1,1.0\nhost:{}\nlogin:{}\npasscode:{}\nheart-beat:0,0\n\n\0",
+        args.vhost, args.login, args.passcode
+    );
+    s.send(Message::text(connect))
+        .await
+        .map_err(|e| format!("send: {}", ws::short(&e.to_string())))?;
+    ws::expect(&mut s, "CONNECTED", limit, false).await?;
+    let sub = format!(
+        "SUBSCRIBE\nid:sub-0\ndestination:/topic/room-{}\n\n\0",
+        i % args.rooms.max(1)
+    );
+    s.send(Message::text(sub))
+        .await
+        .map_err(|e| format!("send: {}", ws::short(&e.to_string())))?;
+    Ok(s)
+}
+
+/// A process's resident set size in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
