@@ -11,6 +11,7 @@
 //! neither the per-process open-file limit nor one ephemeral-port range
 //! caps a run. Workers print their raw samples as JSON; the parent merges.
 
+mod fanout;
 mod hold;
 mod report;
 mod storm;
@@ -37,6 +38,8 @@ enum Scenario {
     Storm(StormArgs),
     /// N sessions connect, subscribe and stay idle; server RSS per session.
     Hold(hold::HoldArgs),
+    /// R rooms x M members, P publishers: deliveries/s, latency, loss, order.
+    Fanout(fanout::FanoutArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -99,6 +102,14 @@ fn main() {
                 .build()
                 .expect("tokio runtime");
             let code = rt.block_on(run_hold(args));
+            std::process::exit(code);
+        }
+        Scenario::Fanout(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let code = rt.block_on(fanout::run(args));
             std::process::exit(code);
         }
     }

@@ -70,3 +70,22 @@ def test_hold_reports_sessions_and_server_memory(server_factory, tmp_path):
     # one idle subscribed session costs the server some hundreds of bytes to a
     # few KiB; far outside that means the measurement is broken
     assert 100 < doc["bytes_per_session"] < 64 * 1024, doc
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+def test_fanout_delivers_everything_in_order(server_factory, tmp_path):
+    srv = server_factory("--shards", "2")
+    out = tmp_path / "fanout.json"
+    r = subprocess.run(
+        [BENCH, "fanout", "--url", srv.ws_url("/ws"), "--rooms", "8", "--members", "10", "--publishers", "2",
+         "--rate", "400", "--duration", "1", "--drain", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["sent"] > 300, doc
+    # every message reaches every member of its room, in x-seq order
+    assert doc["expected"] == doc["sent"] * 10, doc
+    assert doc["delivered"] == doc["expected"] and doc["lost"] == 0, doc
+    assert doc["out_of_order"] == 0 and doc["subscribers_short"] == 0, doc
+    assert 0 < doc["latency_ms"]["p50"] <= doc["latency_ms"]["p99"], doc
