@@ -15,9 +15,8 @@ use crate::ws;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct FanoutArgs {
-    /// WebSocket URL of the STOMP endpoint.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    #[command(flatten)]
+    pub endpoint: ws::Endpoint,
     /// Rooms.
     #[arg(long, default_value_t = 100)]
     pub rooms: usize,
@@ -36,12 +35,6 @@ pub struct FanoutArgs {
     /// Seconds to wait for stragglers after publishing stops.
     #[arg(long, default_value_t = 3.0)]
     pub drain: f64,
-    #[arg(long, default_value = "guest")]
-    pub login: String,
-    #[arg(long, default_value = "guest")]
-    pub passcode: String,
-    #[arg(long, default_value = "/")]
-    pub vhost: String,
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -64,7 +57,7 @@ struct Seen {
 
 pub async fn run(args: FanoutArgs) -> i32 {
     let limit = Duration::from_secs(10);
-    let (addr, _) = match ws::resolve(&args.url, 0) {
+    let (addr, _) = match ws::resolve(&args.endpoint.url, 0) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
@@ -73,10 +66,6 @@ pub async fn run(args: FanoutArgs) -> i32 {
     };
     let run_id = now_ns() % 1_000_000_007;
     let room_name = |r: usize| format!("fo{run_id}-{r}");
-    let connect = format!(
-        "CONNECT\naccept-version:1.2,1.1,1.0\nhost:{}\nlogin:{}\npasscode:{}\nheart-beat:0,0\n\n\0",
-        args.vhost, args.login, args.passcode
-    );
 
     // Subscribers: open all, each SUBSCRIBEs with a receipt so publishing
     // starts only when every subscription is live.
@@ -85,8 +74,7 @@ pub async fn run(args: FanoutArgs) -> i32 {
     for i in 0..args.rooms * args.members {
         let room = i % args.rooms;
         let dest = format!("/topic/{}", room_name(room));
-        let connect = connect.clone();
-        let url = args.url.clone();
+        let endpoint = args.endpoint.clone();
         let stop = stop.clone();
         // Spread source addresses so no single port range caps a big run.
         let src = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
@@ -96,11 +84,8 @@ pub async fn run(args: FanoutArgs) -> i32 {
             2 + (i / 20_000) as u8,
         )));
         subs.push(tokio::spawn(async move {
-            let mut s = ws::open(&url, addr, src, limit).await?;
-            s.send(Message::text(connect))
-                .await
-                .map_err(|e| e.to_string())?;
-            ws::expect(&mut s, "CONNECTED", limit, false).await?;
+            let mut s = ws::open(&endpoint.url, addr, src, limit).await?;
+            ws::login(&mut s, &endpoint, limit).await?;
             s.send(Message::text(format!(
                 "SUBSCRIBE\nid:0\ndestination:{dest}\nreceipt:live\n\n\0"
             )))
@@ -174,8 +159,7 @@ pub async fn run(args: FanoutArgs) -> i32 {
     let end = started + Duration::from_secs_f64(args.duration);
     let mut pubs = Vec::new();
     for p in 0..args.publishers {
-        let connect = connect.clone();
-        let url = args.url.clone();
+        let endpoint = args.endpoint.clone();
         let published = published.clone();
         let rooms: Vec<String> = (0..args.rooms)
             .map(|r| format!("/topic/{}", room_name(r)))
@@ -186,11 +170,8 @@ pub async fn run(args: FanoutArgs) -> i32 {
             0.0
         };
         pubs.push(tokio::spawn(async move {
-            let mut s = ws::open(&url, addr, None, limit).await?;
-            s.send(Message::text(connect))
-                .await
-                .map_err(|e| e.to_string())?;
-            ws::expect(&mut s, "CONNECTED", limit, false).await?;
+            let mut s = ws::open(&endpoint.url, addr, None, limit).await?;
+            ws::login(&mut s, &endpoint, limit).await?;
             let mut n: u64 = 0;
             let t0 = Instant::now();
             while Instant::now() < end {
@@ -276,7 +257,7 @@ pub async fn run(args: FanoutArgs) -> i32 {
     );
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
-            "scenario": "fanout", "url": args.url, "rooms": args.rooms, "members": args.members,
+            "scenario": "fanout", "url": args.endpoint.url, "rooms": args.rooms, "members": args.members,
             "publishers": args.publishers, "rate": args.rate, "sent": sent, "publish_s": publish_secs,
             "delivered": delivered, "expected": expected,
             "lost": expected.saturating_sub(delivered), "out_of_order": out_of_order,

@@ -16,9 +16,8 @@ use crate::ws::{self, Ws};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct HoldArgs {
-    /// WebSocket URL of the STOMP endpoint.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    #[command(flatten)]
+    pub endpoint: ws::Endpoint,
     /// Number of sessions to open and hold.
     #[arg(long, default_value_t = 1000)]
     pub sessions: usize,
@@ -34,25 +33,14 @@ pub struct HoldArgs {
     /// PID of the server, to read its RSS from /proc/PID/status.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Worker processes; 0 = one per 15,000 sessions.
-    #[arg(long, default_value_t = 0)]
-    pub workers: usize,
+    #[command(flatten)]
+    pub workers: crate::Workers,
     /// Seconds a step may take before it counts as a timeout error.
     #[arg(long, default_value_t = 10.0)]
     pub step_timeout: f64,
-    #[arg(long, default_value = "guest")]
-    pub login: String,
-    #[arg(long, default_value = "guest")]
-    pub passcode: String,
-    #[arg(long, default_value = "/")]
-    pub vhost: String,
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-    #[arg(long, hide = true)]
-    pub worker: Option<usize>,
-    #[arg(long, hide = true)]
-    pub worker_count: Option<usize>,
 }
 
 /// What a worker reports once its sessions are open.
@@ -66,7 +54,7 @@ pub struct Opened {
 pub async fn worker(args: &HoldArgs, index: usize, workers: usize) {
     let limit = Duration::from_secs_f64(args.step_timeout);
     let mut report = Opened::default();
-    let (addr, src) = match ws::resolve(&args.url, index) {
+    let (addr, src) = match ws::resolve(&args.endpoint.url, index) {
         Ok(x) => x,
         Err(e) => {
             report
@@ -110,15 +98,8 @@ async fn open_session(
     src: Option<std::net::IpAddr>,
     limit: Duration,
 ) -> Result<Ws, String> {
-    let mut s = ws::open(&args.url, addr, src, limit).await?;
-    let connect = format!(
-        "CONNECT\naccept-version:1.2,1.1,1.0\nhost:{}\nlogin:{}\npasscode:{}\nheart-beat:0,0\n\n\0",
-        args.vhost, args.login, args.passcode
-    );
-    s.send(Message::text(connect))
-        .await
-        .map_err(|e| format!("send: {}", ws::short(&e.to_string())))?;
-    ws::expect(&mut s, "CONNECTED", limit, false).await?;
+    let mut s = ws::open(&args.endpoint.url, addr, src, limit).await?;
+    ws::login(&mut s, &args.endpoint, limit).await?;
     let sub = format!(
         "SUBSCRIBE\nid:sub-0\ndestination:/topic/room-{}\n\n\0",
         i % args.rooms.max(1)

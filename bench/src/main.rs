@@ -1,15 +1,13 @@
 //! `stampede-bench`: load generator for STOMP-over-WebSocket servers.
 //!
-//! Scenario implemented so far: `storm`, the seed's JMeter plan. N users
-//! start over a ramp-up period; each opens a WebSocket, sends CONNECT,
-//! reads CONNECTED, SUBSCRIBEs (no receipt: Spring sends none), sends
-//! DISCONNECT with `receipt:77`, reads the RECEIPT and closes. Reported per
-//! step and for the whole flow like JMeter's Summary Report.
+//! Scenarios: `storm` (the seed's JMeter plan, reported per step like
+//! JMeter's Summary Report), `hold` (server memory per idle session) and
+//! `fanout` (deliveries/s, latency, loss and order). See bench/README.md.
 //!
-//! Users are spread over worker *processes* (this binary re-run with
-//! `--worker I`), each with its own source address 127.0.0.(2+I), so
-//! neither the per-process open-file limit nor one ephemeral-port range
-//! caps a run. Workers print their raw samples as JSON; the parent merges.
+//! `storm` and `hold` spread users over worker *processes* (this binary
+//! re-run with `--worker I`), each with its own source address
+//! 127.0.0.(2+I), so neither the per-process open-file limit nor one
+//! ephemeral-port range caps a run. Workers print JSON; the parent merges.
 
 mod fanout;
 mod hold;
@@ -44,9 +42,8 @@ enum Scenario {
 
 #[derive(Args, Clone, Debug)]
 pub struct StormArgs {
-    /// WebSocket URL of the STOMP endpoint.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    #[command(flatten)]
+    pub endpoint: ws::Endpoint,
     /// Number of users.
     #[arg(long, default_value_t = 1000)]
     pub users: usize,
@@ -56,10 +53,8 @@ pub struct StormArgs {
     /// Rooms the users subscribe to (user i takes room i % rooms).
     #[arg(long, default_value_t = 100)]
     pub rooms: usize,
-    /// Worker processes; 0 = one per 15,000 users (each stays well under
-    /// the 20,000 open files a process may hold here).
-    #[arg(long, default_value_t = 0)]
-    pub workers: usize,
+    #[command(flatten)]
+    pub workers: Workers,
     /// Seconds a step may take before it counts as a timeout error.
     #[arg(long, default_value_t = 10.0)]
     pub step_timeout: f64,
@@ -67,17 +62,19 @@ pub struct StormArgs {
     /// (RabbitMQ Web-STOMP closes instead of sending the RECEIPT).
     #[arg(long)]
     pub close_is_receipt: bool,
-    /// STOMP `login`/`passcode` and `host` header values.
-    #[arg(long, default_value = "guest")]
-    pub login: String,
-    #[arg(long, default_value = "guest")]
-    pub passcode: String,
-    #[arg(long, default_value = "/")]
-    pub vhost: String,
     /// Write the summary as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Internal: run as worker I of the parent's run and print samples.
+}
+
+/// How a scenario's users are spread over worker processes.
+#[derive(Args, Clone, Debug)]
+pub struct Workers {
+    /// Worker processes; 0 = one per 15,000 users (each stays well under
+    /// the 20,000 open files a process may hold here).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Internal: run as worker I of the parent's run.
     #[arg(long, hide = true)]
     pub worker: Option<usize>,
     /// Internal: how many workers the parent started.
@@ -85,43 +82,58 @@ pub struct StormArgs {
     pub worker_count: Option<usize>,
 }
 
-fn main() {
-    let cli = Cli::parse();
-    match cli.scenario {
-        Scenario::Storm(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            let code = rt.block_on(run_storm(args));
-            std::process::exit(code);
+impl Workers {
+    /// How many workers share `users`.
+    pub fn count(&self, users: usize) -> usize {
+        match (self.worker_count, self.workers) {
+            (Some(n), _) => n,
+            (None, 0) => users.div_ceil(15_000).max(1),
+            (None, n) => n,
         }
-        Scenario::Hold(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            let code = rt.block_on(run_hold(args));
-            std::process::exit(code);
-        }
-        Scenario::Fanout(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            let code = rt.block_on(fanout::run(args));
-            std::process::exit(code);
-        }
+    }
+
+    /// Start `n` workers: this binary with the parent's arguments plus the
+    /// worker's index; stdout piped (and stdin, for workers the parent
+    /// stops by closing it).
+    fn spawn(n: usize, stdin: bool) -> Result<Vec<tokio::process::Child>, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+        (0..n)
+            .map(|w| {
+                tokio::process::Command::new(&exe)
+                    .args(std::env::args_os().skip(1))
+                    .arg("--worker-count")
+                    .arg(n.to_string())
+                    .arg("--worker")
+                    .arg(w.to_string())
+                    .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| format!("cannot start worker {w}: {e}"))
+            })
+            .collect()
     }
 }
 
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(async {
+        match cli.scenario {
+            Scenario::Storm(args) => run_storm(args).await,
+            Scenario::Hold(args) => run_hold(args).await,
+            Scenario::Fanout(args) => fanout::run(args).await,
+        }
+    });
+    std::process::exit(code);
+}
+
 async fn run_storm(args: StormArgs) -> i32 {
-    let workers = match (args.worker_count, args.workers) {
-        (Some(n), _) => n,
-        (None, 0) => args.users.div_ceil(15_000).max(1),
-        (None, n) => n,
-    };
-    if let Some(index) = args.worker {
+    let workers = args.workers.count(args.users);
+    if let Some(index) = args.workers.worker {
         // Worker: run our slice, print samples, done.
         let samples = storm::run_slice(&args, index, workers).await;
         println!(
@@ -131,24 +143,13 @@ async fn run_storm(args: StormArgs) -> i32 {
         return 0;
     }
     let started = std::time::Instant::now();
-    let mut children = Vec::new();
-    for w in 0..workers {
-        let mut cmd = tokio::process::Command::new(std::env::current_exe().expect("own path"));
-        cmd.args(std::env::args_os().skip(1))
-            .arg("--worker-count")
-            .arg(workers.to_string())
-            .arg("--worker")
-            .arg(w.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        match cmd.spawn() {
-            Ok(c) => children.push(c),
-            Err(e) => {
-                eprintln!("cannot start worker {w}: {e}");
-                return 2;
-            }
+    let children = match Workers::spawn(workers, false) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
         }
-    }
+    };
     let mut all = Samples::default();
     for mut child in children {
         let mut out = String::new();
@@ -180,7 +181,7 @@ async fn run_storm(args: StormArgs) -> i32 {
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
             "scenario": "storm",
-            "url": args.url,
+            "url": args.endpoint.url,
             "users": args.users,
             "ramp_up_s": args.ramp_up,
             "workers": workers,
@@ -197,35 +198,19 @@ async fn run_storm(args: StormArgs) -> i32 {
 
 async fn run_hold(args: hold::HoldArgs) -> i32 {
     use tokio::io::AsyncBufReadExt;
-    let workers = match (args.worker_count, args.workers) {
-        (Some(n), _) => n,
-        (None, 0) => args.sessions.div_ceil(15_000).max(1),
-        (None, n) => n,
-    };
-    if let Some(index) = args.worker {
+    let workers = args.workers.count(args.sessions);
+    if let Some(index) = args.workers.worker {
         hold::worker(&args, index, workers).await;
         return 0;
     }
     let before = args.server_pid.and_then(hold::rss_kib);
-    let mut children = Vec::new();
-    for w in 0..workers {
-        let mut cmd = tokio::process::Command::new(std::env::current_exe().expect("own path"));
-        cmd.args(std::env::args_os().skip(1))
-            .arg("--worker-count")
-            .arg(workers.to_string())
-            .arg("--worker")
-            .arg(w.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        match cmd.spawn() {
-            Ok(c) => children.push(c),
-            Err(e) => {
-                eprintln!("cannot start worker {w}: {e}");
-                return 2;
-            }
+    let mut children = match Workers::spawn(workers, true) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
         }
-    }
+    };
     let mut total = hold::Opened::default();
     for child in &mut children {
         let mut line = String::new();
@@ -277,7 +262,7 @@ async fn run_hold(args: hold::HoldArgs) -> i32 {
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
             "scenario": "hold",
-            "url": args.url,
+            "url": args.endpoint.url,
             "sessions": args.sessions,
             "established": total.established,
             "errors": total.errors,

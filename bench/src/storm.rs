@@ -12,7 +12,7 @@ use crate::report::Samples;
 
 /// Run the users `i` with `i % workers == index`, each at its ramp-up offset.
 pub async fn run_slice(args: &StormArgs, index: usize, workers: usize) -> Samples {
-    let (addr, src) = match crate::ws::resolve(&args.url, index) {
+    let (addr, src) = match crate::ws::resolve(&args.endpoint.url, index) {
         Ok(x) => x,
         Err(e) => {
             let mut s = Samples::default();
@@ -83,7 +83,7 @@ async fn flow(
         };
 
     // ws_open: TCP connect + WebSocket upgrade.
-    let opened = crate::ws::open(&args.url, addr, src, limit).await;
+    let opened = crate::ws::open(&args.endpoint.url, addr, src, limit).await;
     let mut ws = match opened {
         Ok(ws) => {
             record(steps, "ws_open", Ok(()))?;
@@ -93,17 +93,7 @@ async fn flow(
     };
 
     // connect: CONNECT → CONNECTED.
-    let connect = format!(
-        "CONNECT\naccept-version:1.2,1.1,1.0\nhost:{}\nlogin:{}\npasscode:{}\nheart-beat:0,0\n\n\0",
-        args.vhost, args.login, args.passcode
-    );
-    let r = async {
-        ws.send(Message::text(connect))
-            .await
-            .map_err(|e| format!("send: {}", crate::ws::short(&e.to_string())))?;
-        crate::ws::expect(&mut ws, "CONNECTED", limit, false).await
-    }
-    .await;
+    let r = crate::ws::login(&mut ws, &args.endpoint, limit).await;
     record(steps, "connect", r)?;
 
     // subscribe: sent without a receipt (Spring answers none).

@@ -13,6 +13,37 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// Where and as whom every scenario connects.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Endpoint {
+    /// WebSocket URL of the STOMP endpoint.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// STOMP `login` header value.
+    #[arg(long, default_value = "guest")]
+    pub login: String,
+    /// STOMP `passcode` header value.
+    #[arg(long, default_value = "guest")]
+    pub passcode: String,
+    /// STOMP `host` header value (RabbitMQ's virtual host).
+    #[arg(long, default_value = "/")]
+    pub vhost: String,
+}
+
+/// Send CONNECT (heart-beats off: the scenarios measure, they do not idle
+/// on the server's timers) and wait for CONNECTED.
+pub async fn login(s: &mut Ws, ep: &Endpoint, limit: Duration) -> Result<(), String> {
+    use futures_util::SinkExt;
+    let connect = format!(
+        "CONNECT\naccept-version:1.2,1.1,1.0\nhost:{}\nlogin:{}\npasscode:{}\nheart-beat:0,0\n\n\0",
+        ep.vhost, ep.login, ep.passcode
+    );
+    s.send(Message::text(connect))
+        .await
+        .map_err(|e| format!("send: {}", short(&e.to_string())))?;
+    expect(s, "CONNECTED", limit, false).await
+}
+
 /// The server address and our source address (127.0.0.(2+worker) when the
 /// server is on loopback, so each worker has its own port range).
 pub fn resolve(url: &str, index: usize) -> Result<(SocketAddr, Option<IpAddr>), String> {
