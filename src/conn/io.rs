@@ -413,15 +413,7 @@ fn hand_off(shard: &Shard, stream: &TcpStream, h: Handoff) {
     if fd < 0 {
         debug!("dup for hand-off: {}", std::io::Error::last_os_error());
         // Out of fds: tell the client instead of leaving it hanging.
-        // SAFETY: best-effort write to our socket; never blocks.
-        unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                crate::shard::start::FULL_HTTP.as_ptr().cast(),
-                crate::shard::start::FULL_HTTP.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            );
-        }
+        crate::shard::start::send_refusal(stream, crate::shard::start::FULL_HTTP);
         return;
     }
     // SAFETY: a fresh fd from F_DUPFD_CLOEXEC, owned from here on.

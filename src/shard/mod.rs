@@ -175,7 +175,11 @@ impl Shard {
     }
 
     pub fn mark_dirty(&self, conn: &ConnRef) {
-        let mut c = conn.borrow_mut();
+        self.queue_flush(conn, &mut conn.borrow_mut());
+    }
+
+    /// Put `conn` (already borrowed as `c`) on the flush list once.
+    fn queue_flush(&self, conn: &ConnRef, c: &mut Conn) {
         if !c.out.dirty {
             c.out.dirty = true;
             self.dirty.borrow_mut().push(conn.clone());
@@ -442,10 +446,7 @@ impl Shard {
                     );
                 }
             }
-            if !c.out.dirty {
-                c.out.dirty = true;
-                self.dirty.borrow_mut().push(sub.conn.clone());
-            }
+            self.queue_flush(&sub.conn, &mut c);
         }
     }
 
@@ -525,15 +526,7 @@ impl Shard {
                 let stream = unsafe { TcpStream::from_raw_fd(fd) };
                 if self.conn_count() >= self.cfg.max_connections_per_shard() {
                     // Moved connections count against the owner's share too.
-                    // SAFETY: best-effort write to a socket we own; never blocks.
-                    unsafe {
-                        libc::send(
-                            fd,
-                            start::FULL_HTTP.as_ptr().cast(),
-                            start::FULL_HTTP.len(),
-                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                        );
-                    }
+                    start::send_refusal(&stream, start::FULL_HTTP);
                     return; // dropping the stream closes the socket
                 }
                 self.register(stream, Phase::Ws, inbound, outbound);
@@ -622,10 +615,7 @@ impl Shard {
                 if let Some((_, deadline)) = c.session.disconnect {
                     if now >= deadline {
                         c.session.finish_disconnect(&mut c.out);
-                        if !c.out.dirty {
-                            c.out.dirty = true;
-                            self.dirty.borrow_mut().push(conn.clone());
-                        }
+                        self.queue_flush(conn, c);
                     }
                     continue;
                 }
@@ -672,9 +662,8 @@ impl Shard {
                         touched = true;
                     }
                 }
-                if touched && !c.out.dirty {
-                    c.out.dirty = true;
-                    self.dirty.borrow_mut().push(conn.clone());
+                if touched {
+                    self.queue_flush(conn, c);
                 }
             }
             drop(conns);

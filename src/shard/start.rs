@@ -155,6 +155,20 @@ async fn run(
     accept_loop(shard, http, Phase::Http).await;
 }
 
+/// Write `msg` to a socket we are about to drop without waiting or
+/// signalling (a refusal: a lost copy only means the client sees a close).
+pub(crate) fn send_refusal(stream: &glommio::net::TcpStream, msg: &[u8]) {
+    // SAFETY: an open socket we own; the buffer is valid for its length.
+    unsafe {
+        libc::send(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            msg.as_ptr().cast(),
+            msg.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+    }
+}
+
 /// The refusal written to a connection over `max_connections`.
 pub(crate) const FULL_HTTP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nserver full\n";
 const FULL_STOMP: &[u8] = b"ERROR\nmessage:server full\ncontent-type:text/plain\ncontent-length:37\n\nmax_connections reached; retry later\n\0";
@@ -172,15 +186,7 @@ async fn accept_loop(shard: Rc<Shard>, fd: RawFd, phase: Phase) {
                     } else {
                         FULL_STOMP
                     };
-                    // SAFETY: a fresh socket; best effort, never blocks.
-                    unsafe {
-                        libc::send(
-                            std::os::fd::AsRawFd::as_raw_fd(&stream),
-                            msg.as_ptr().cast(),
-                            msg.len(),
-                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                        );
-                    }
+                    send_refusal(&stream, msg);
                     continue;
                 }
                 shard.register(stream, phase, Vec::new(), Vec::new());
