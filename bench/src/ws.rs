@@ -79,6 +79,20 @@ pub async fn open(
     timeout(limit, async {
         let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
         if let Some(ip) = src {
+            // Pick the port at connect() time, not at bind(): bind(port 0)
+            // cannot reuse TIME_WAIT ports, so back-to-back runs from one
+            // source address would run out of them.
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt on our socket with a c_int option value.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
             sock.bind(SocketAddr::new(ip, 0))
                 .map_err(|e| format!("bind: {}", e.kind()))?;
         }
@@ -152,7 +166,13 @@ where
             return Ok(());
         }
         if frame.starts_with(b"ERROR") {
-            return Err("ERROR frame".into());
+            // The `message` header names the cause (stable wording, so it
+            // still groups errors by kind).
+            let message = std::str::from_utf8(frame)
+                .ok()
+                .and_then(|f| f.lines().find_map(|l| l.strip_prefix("message:")))
+                .unwrap_or("");
+            return Err(format!("ERROR frame: {}", short(message)));
         }
     }
 }
