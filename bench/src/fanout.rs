@@ -1,16 +1,30 @@
-//! The `fanout` scenario: R rooms x M members, P publishers. Each MESSAGE
-//! body carries its send time; subscribers measure publish-to-delivery
-//! latency, count deliveries and check that every room's `x-seq` arrives
-//! complete and in order. One process for now (≤ ~19,000 sessions).
+//! The `fanout` scenario: R rooms x M members, P publishers.
+//!
+//! Members live in worker processes (each from its own source address, so
+//! a run is not capped at one process's 20,000 files); publishers run in
+//! the parent. Each body is `<seq> <send time ns>` (padded to
+//! `--body-size`), `seq` counting 1, 2, … per room from the room's one
+//! publisher. So loss and per-room order are checked from the body, which
+//! works with any broker (only stampede numbers messages with `x-seq`).
+//!
+//! Worker protocol (lines on stdout, see `workers`): progress while
+//! subscribing, a [`Ready`] line, then the parent writes a [`Published`]
+//! line to stdin; progress while deliveries arrive, then a [`Tally`] line.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::observe::{self, Observe};
+use crate::rawws::RawReader;
+use crate::workers::{self, Bar, Workers};
 use crate::ws;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -23,7 +37,8 @@ pub struct FanoutArgs {
     /// Subscribers per room.
     #[arg(long, default_value_t = 100)]
     pub members: usize,
-    /// Publisher sessions (each sends to the rooms in turn).
+    /// Publisher sessions; each room is fed by one of them (so its order is
+    /// defined). More publishers than rooms are not used.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
     /// Messages per second over all publishers; 0 = as fast as they can.
@@ -32,12 +47,74 @@ pub struct FanoutArgs {
     /// Seconds of publishing.
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
-    /// Seconds to wait for stragglers after publishing stops.
-    #[arg(long, default_value_t = 3.0)]
+    /// Most seconds to wait for stragglers after publishing stops (the run
+    /// ends earlier once every delivery has arrived).
+    #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
-    /// Write the result as JSON here.
+    /// Most messages per room a publisher may be ahead of what its probe
+    /// (one more member of its rooms) has received. Keeps "as fast as
+    /// possible" to what members can take: beyond the server's outbound
+    /// limit per subscriber, stampede (and Spring) drop a slow subscriber.
+    /// Larger windows batch more (higher rate, higher latency).
+    #[arg(long, default_value_t = 40)]
+    pub window: usize,
+    /// Pad bodies to this many bytes.
+    #[arg(long, default_value_t = 0)]
+    pub body_size: usize,
+    /// Seconds over which members connect.
+    #[arg(long, default_value_t = 1.0)]
+    pub ramp_up: f64,
+    /// SUBSCRIBE without a receipt and wait `--settle` seconds instead
+    /// (Spring's SimpleBroker answers no receipt for SUBSCRIBE).
     #[arg(long)]
-    pub json: Option<std::path::PathBuf>,
+    pub no_subscribe_receipt: bool,
+    /// Seconds to wait after subscribing without receipts.
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
+    /// Report per-room reordering but do not fail on it (Spring does not
+    /// keep per-subscriber order by default).
+    #[arg(long)]
+    pub allow_reorder: bool,
+    /// Seconds a set-up step may take.
+    #[arg(long, default_value_t = 10.0)]
+    pub step_timeout: f64,
+    #[command(flatten)]
+    pub workers: Workers,
+    #[command(flatten)]
+    pub observe: Observe,
+}
+
+/// A worker's members are subscribed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ready {
+    subscribed: usize,
+    errors: BTreeMap<String, u64>,
+}
+
+/// The parent's word to the workers once publishing ended.
+#[derive(Debug, Serialize, Deserialize)]
+struct Published {
+    per_room: Vec<u64>,
+    drain_s: f64,
+}
+
+/// What a worker's members received.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Tally {
+    delivered: u64,
+    expected: u64,
+    /// Deliveries whose room seq was not the one after the previous.
+    out_of_order: u64,
+    /// Members that received a different count than was published.
+    short: u64,
+    /// Sessions that ended (closed or failed) before the end.
+    dropped: u64,
+    /// Why they ended (the server's ERROR message, or the read error).
+    drop_reasons: BTreeMap<String, u64>,
+    /// When the last delivery arrived (ns since the epoch).
+    last_ns: u64,
+    /// Latency histogram (µs) as (value, count) pairs.
+    latency_us: Vec<(u64, u64)>,
 }
 
 fn now_ns() -> u64 {
@@ -47,206 +124,110 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// What one subscriber saw.
-struct Seen {
-    room: usize,
-    received: u64,
-    out_of_order: u64,
-    hist: Histogram<u64>,
+fn room_dest(run_id: u64, r: usize) -> String {
+    format!("/topic/fo{run_id}-{r}")
 }
 
 pub async fn run(args: FanoutArgs) -> i32 {
-    let limit = Duration::from_secs(10);
-    let (addr, _) = match ws::resolve(&args.endpoint.url, 0) {
-        Ok(x) => x,
+    let sessions = args.rooms * args.members;
+    let n = args.workers.count(sessions);
+    if let Some(index) = args.workers.worker {
+        return worker(&args, index, n).await;
+    }
+    match parent(&args, n).await {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("{e}");
-            return 2;
-        }
-    };
-    let run_id = now_ns() % 1_000_000_007;
-    let room_name = |r: usize| format!("fo{run_id}-{r}");
-
-    // Subscribers: open all, each SUBSCRIBEs with a receipt so publishing
-    // starts only when every subscription is live.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut subs = Vec::new();
-    for i in 0..args.rooms * args.members {
-        let room = i % args.rooms;
-        let dest = format!("/topic/{}", room_name(room));
-        let endpoint = args.endpoint.clone();
-        let stop = stop.clone();
-        // Spread source addresses so no single port range caps a big run.
-        let src = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
-            127,
-            0,
-            0,
-            2 + (i / 20_000) as u8,
-        )));
-        subs.push(tokio::spawn(async move {
-            let mut s = ws::open(&endpoint.url, addr, src, limit).await?;
-            ws::login(&mut s, &endpoint, limit).await?;
-            s.send(Message::text(format!(
-                "SUBSCRIBE\nid:0\ndestination:{dest}\nreceipt:live\n\n\0"
-            )))
-            .await
-            .map_err(|e| e.to_string())?;
-            ws::expect(&mut s, "RECEIPT", limit, false).await?;
-            Ok::<_, String>((room, s, stop))
-        }));
-    }
-    let mut ready = Vec::new();
-    for t in subs {
-        match t.await {
-            Ok(Ok(x)) => ready.push(x),
-            Ok(Err(e)) => {
-                eprintln!("subscriber failed: {e}");
-                return 2;
-            }
-            Err(e) => {
-                eprintln!("subscriber task: {e}");
-                return 2;
-            }
+            eprintln!("fanout: {e}");
+            2
         }
     }
-    let readers: Vec<_> = ready
-        .into_iter()
-        .map(|(room, mut s, stop)| {
-            tokio::spawn(async move {
-                let mut seen = Seen {
-                    room,
-                    received: 0,
-                    out_of_order: 0,
-                    hist: Histogram::new(3).expect("histogram"),
-                };
-                let mut last_seq = 0u64;
-                loop {
-                    let next = tokio::time::timeout(Duration::from_millis(200), s.next()).await;
-                    let msg = match next {
-                        Err(_) if stop.load(Ordering::Relaxed) => break,
-                        Err(_) => continue,
-                        Ok(None) | Ok(Some(Err(_))) => break,
-                        Ok(Some(Ok(m))) => m,
-                    };
-                    let data: &[u8] = match &msg {
-                        Message::Text(t) => t.as_bytes(),
-                        Message::Binary(b) => b,
-                        _ => continue,
-                    };
-                    if !data.starts_with(b"MESSAGE") {
-                        continue;
-                    }
-                    let Some((seq, sent_ns)) = parse_message(data) else {
-                        continue;
-                    };
-                    let lat_us = now_ns().saturating_sub(sent_ns) / 1000;
-                    let _ = seen.hist.record(lat_us.max(1));
-                    if seq != last_seq + 1 {
-                        seen.out_of_order += 1;
-                    }
-                    last_seq = seq;
-                    seen.received += 1;
-                }
-                seen
-            })
-        })
-        .collect();
+}
 
-    // Publishers.
-    let published: Arc<Vec<AtomicU64>> =
-        Arc::new((0..args.rooms).map(|_| AtomicU64::new(0)).collect());
-    let started = Instant::now();
-    let end = started + Duration::from_secs_f64(args.duration);
-    let mut pubs = Vec::new();
-    for p in 0..args.publishers {
-        let endpoint = args.endpoint.clone();
-        let published = published.clone();
-        let rooms: Vec<String> = (0..args.rooms)
-            .map(|r| format!("/topic/{}", room_name(r)))
-            .collect();
-        let per_pub_rate = if args.rate > 0.0 {
-            args.rate / args.publishers as f64
-        } else {
-            0.0
-        };
-        pubs.push(tokio::spawn(async move {
-            let mut s = ws::open(&endpoint.url, addr, None, limit).await?;
-            ws::login(&mut s, &endpoint, limit).await?;
-            let mut n: u64 = 0;
-            let t0 = Instant::now();
-            while Instant::now() < end {
-                // Each publisher owns the rooms r with r % publishers == p,
-                // so a room's messages come from one publisher in order.
-                let mine: Vec<usize> = (0..rooms.len())
-                    .filter(|r| r % args.publishers == p)
-                    .collect();
-                if mine.is_empty() {
-                    break;
-                }
-                let r = mine[(n as usize) % mine.len()];
-                let body = now_ns().to_string();
-                let frame = format!(
-                    "SEND\ndestination:{}\ncontent-length:{}\n\n{}\0",
-                    rooms[r],
-                    body.len(),
-                    body
-                );
-                s.send(Message::text(frame))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                published[r].fetch_add(1, Ordering::Relaxed);
-                n += 1;
-                if per_pub_rate > 0.0 {
-                    let due = t0 + Duration::from_secs_f64(n as f64 / per_pub_rate);
-                    tokio::time::sleep_until(due.into()).await;
-                }
-            }
-            let _ = s.close(None).await;
-            Ok::<u64, String>(n)
-        }));
-    }
-    let mut sent = 0;
-    for t in pubs {
-        match t.await {
-            Ok(Ok(n)) => sent += n,
-            other => {
-                eprintln!("publisher failed: {other:?}");
-                return 2;
-            }
+async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
+    let sessions = args.rooms * args.members;
+    let start = observe::Start::now(args.observe.server_pid);
+    let mut workers = Workers::spawn(n)?;
+    let bar = Bar::new(n, sessions as u64, "subscribed");
+    let mut ready = Ready::default();
+    for p in workers::payloads(&mut workers, &bar).await? {
+        let r: Ready = serde_json::from_str(&p).map_err(|e| format!("worker: {e}"))?;
+        ready.subscribed += r.subscribed;
+        for (k, v) in r.errors {
+            *ready.errors.entry(k).or_default() += v;
         }
     }
-    let publish_secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs_f64(args.drain)).await;
-    stop.store(true, Ordering::Relaxed);
+    if ready.subscribed != sessions {
+        bar.done();
+        return Err(format!(
+            "{} of {sessions} members subscribed; errors {:?}",
+            ready.subscribed, ready.errors
+        ));
+    }
+    if args.no_subscribe_receipt {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    }
+    let subscribe_s = start.cost().wall_s;
 
+    // Publish.
+    bar.phase((args.duration * 1000.0) as u64, "publishing ms");
+    let published_at = Instant::now();
+    let published_ns = now_ns();
+    let (per_room, stopped) = publish(args, &bar).await?;
+    for why in &stopped {
+        eprintln!("fanout: a publisher stopped early: {why}");
+    }
+    let publish_s = published_at.elapsed().as_secs_f64();
+    let sent: u64 = per_room.iter().sum();
+    let expected = sent * args.members as u64;
+
+    // Tell the workers what to expect; collect their tallies.
+    bar.phase(expected, "delivered");
+    let word = serde_json::to_string(&Published {
+        per_room,
+        drain_s: args.drain,
+    })
+    .expect("json");
+    for w in &mut workers {
+        w.tell(&word).await?;
+    }
+    let mut tally = Tally::default();
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
-    let (mut delivered, mut expected, mut out_of_order, mut short) = (0u64, 0u64, 0u64, 0u64);
-    for r in readers {
-        let seen = r.await.expect("reader task");
-        let want = published[seen.room].load(Ordering::Relaxed);
-        expected += want;
-        delivered += seen.received;
-        out_of_order += seen.out_of_order;
-        if seen.received != want {
-            short += 1;
+    for p in workers::payloads(&mut workers, &bar).await? {
+        let t: Tally = serde_json::from_str(&p).map_err(|e| format!("worker: {e}"))?;
+        tally.delivered += t.delivered;
+        tally.expected += t.expected;
+        tally.out_of_order += t.out_of_order;
+        tally.short += t.short;
+        tally.dropped += t.dropped;
+        for (k, v) in t.drop_reasons {
+            *tally.drop_reasons.entry(k).or_default() += v;
         }
-        hist.add(&seen.hist).expect("merge histograms");
+        tally.last_ns = tally.last_ns.max(t.last_ns);
+        for (v, c) in t.latency_us {
+            hist.record_n(v, c).expect("auto-resizing histogram");
+        }
     }
+    bar.done();
+    for w in workers {
+        w.finish().await;
+    }
+    let cost = start.cost();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    let rate = delivered as f64 / publish_secs;
+    // Deliveries per second from the first publish to the last delivery.
+    let deliver_s = (tally.last_ns.saturating_sub(published_ns) as f64 / 1e9).max(publish_s);
+    let rate = tally.delivered as f64 / deliver_s;
+    let lost = expected.saturating_sub(tally.delivered);
     println!(
-        "fanout: {} rooms x {} members, {} publishers, {} sent in {:.2} s; delivered {}/{} ({:.0}/s); lost {}; out of order {}; subscribers short {}",
+        "fanout: {} rooms x {} members, {} publishers, {sent} sent in {publish_s:.2} s ({:.0}/s); delivered {}/{expected} in {deliver_s:.2} s ({rate:.0}/s); lost {lost}; out of order {}; members short {}; sessions dropped {} {:?}",
         args.rooms,
         args.members,
-        args.publishers,
-        sent,
-        publish_secs,
-        delivered,
-        expected,
-        rate,
-        expected.saturating_sub(delivered),
-        out_of_order,
-        short
+        args.publishers.min(args.rooms),
+        sent as f64 / publish_s,
+        tally.delivered,
+        tally.out_of_order,
+        tally.short,
+        tally.dropped,
+        tally.drop_reasons,
     );
     println!(
         "latency ms: p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
@@ -255,39 +236,481 @@ pub async fn run(args: FanoutArgs) -> i32 {
         ms(0.99),
         hist.max() as f64 / 1000.0
     );
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({
-            "scenario": "fanout", "url": args.endpoint.url, "rooms": args.rooms, "members": args.members,
-            "publishers": args.publishers, "rate": args.rate, "sent": sent, "publish_s": publish_secs,
-            "delivered": delivered, "expected": expected,
-            "lost": expected.saturating_sub(delivered), "out_of_order": out_of_order,
-            "subscribers_short": short, "deliveries_per_s": rate,
-            "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0},
-        });
-        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()) {
-            eprintln!("cannot write {}: {e}", path.display());
-            return 2;
-        }
-    }
-    if expected != delivered || out_of_order > 0 {
-        1
+    println!("{}", cost.line());
+    let doc = serde_json::json!({
+        "scenario": "fanout", "label": args.observe.label, "url": args.endpoint.url,
+        "rooms": args.rooms, "members": args.members,
+        "publishers": args.publishers.min(args.rooms), "rate": args.rate, "body_size": args.body_size,
+        "workers": n, "subscribe_s": subscribe_s,
+        "sent": sent, "publish_s": publish_s, "deliver_s": deliver_s, "delivered": tally.delivered, "expected": expected,
+        "lost": lost, "out_of_order": tally.out_of_order,
+        "subscribers_short": tally.short, "sessions_dropped": tally.dropped,
+        "publishers_stopped": stopped,
+        "drop_reasons": tally.drop_reasons,
+        "deliveries_per_s": rate,
+        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0},
+        "cost": cost,
+    });
+    observe::write_json(&args.observe, &doc)?;
+    let failed = lost > 0
+        || tally.short > 0
+        || !stopped.is_empty()
+        || (tally.out_of_order > 0 && !args.allow_reorder);
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// Run the publishers for `--duration`; messages sent per room.
+/// Also says why publishers stopped early (their probe was dropped).
+async fn publish(args: &FanoutArgs, bar: &Bar) -> Result<(Vec<u64>, Vec<String>), String> {
+    let limit = Duration::from_secs_f64(args.step_timeout);
+    let (addr, _) = ws::resolve(&args.endpoint.url, 0)?;
+    let run_id = run_id(args);
+    let publishers = args.publishers.clamp(1, args.rooms.max(1));
+    let per_pub_rate = if args.rate > 0.0 {
+        args.rate / publishers as f64
     } else {
-        0
+        0.0
+    };
+    // Open every publisher (and its probe) first, so they start together.
+    // Publisher p feeds the rooms r with r % publishers == p; its probe is
+    // one more member of those rooms, whose lag holds the publisher back.
+    let mut sessions = Vec::new();
+    for p in 0..publishers {
+        let mine: Vec<usize> = (p..args.rooms).step_by(publishers).collect();
+        let dests: Vec<String> = mine.iter().map(|&r| room_dest(run_id, r)).collect();
+        let mut s = ws::open(&args.endpoint.url, addr, None, limit).await?;
+        ws::login(&mut s, &args.endpoint, limit).await?;
+        let probe = Probe::start(member(args, &dests, addr, None).await?);
+        sessions.push((mine, dests, s, probe));
+    }
+    if args.no_subscribe_receipt {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(args.duration);
+    let mut tasks = Vec::new();
+    for (mine, dests, mut s, probe) in sessions {
+        let body_size = args.body_size;
+        let window = (args.window * mine.len()) as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = vec![0u64; mine.len()];
+            let mut stopped = None;
+            let mut n: u64 = 0;
+            let mut body = String::with_capacity(body_size.max(48));
+            while Instant::now() < end {
+                if n >= probe.seen() + window {
+                    // Too far ahead of what members receive: wait (the
+                    // server would otherwise drop them as slow consumers).
+                    s.flush().await.map_err(|e| e.to_string())?;
+                    if let Err(why) = probe.wait_below(n - window, limit).await {
+                        // Members no longer receive: publishing on would
+                        // measure nothing. Stop; the tally shows the loss.
+                        stopped = Some(why);
+                        break;
+                    }
+                    continue;
+                }
+                let k = (n as usize) % mine.len();
+                seqs[k] += 1;
+                body.clear();
+                use std::fmt::Write;
+                let _ = write!(body, "{} {}", seqs[k], now_ns());
+                while body.len() < body_size {
+                    body.push('x');
+                }
+                let frame = format!(
+                    "SEND\ndestination:{}\ncontent-length:{}\n\n{}\0",
+                    dests[k],
+                    body.len(),
+                    body
+                );
+                n += 1;
+                if per_pub_rate > 0.0 {
+                    s.send(Message::text(frame))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let due = start + Duration::from_secs_f64(n as f64 / per_pub_rate);
+                    tokio::time::sleep_until(due.into()).await;
+                } else {
+                    // As fast as we can: batch writes, flush every 64.
+                    s.feed(Message::text(frame))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if n.is_multiple_of(64) {
+                        s.flush().await.map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            s.flush().await.map_err(|e| e.to_string())?;
+            // DISCONNECT with a receipt: every SEND before it was taken
+            // (servers that close instead count too).
+            s.send(Message::text("DISCONNECT\nreceipt:bye\n\n\0"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = ws::expect(&mut s, "RECEIPT", Duration::from_secs(30), true).await;
+            Ok::<_, String>((mine.into_iter().zip(seqs).collect::<Vec<_>>(), stopped))
+        }));
+    }
+    // Move the bar with the clock while the publishers run.
+    let ticker = {
+        let started = start;
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bar.set(0, started.elapsed().as_millis() as u64);
+            }
+        }
+    };
+    let joined = async {
+        let mut per_room = vec![0u64; args.rooms];
+        let mut stopped = Vec::new();
+        for t in tasks {
+            let (counts, why) = t.await.map_err(|e| format!("publisher: {e}"))??;
+            for (r, count) in counts {
+                per_room[r] = count;
+            }
+            stopped.extend(why);
+        }
+        Ok::<_, String>((per_room, stopped))
+    };
+    tokio::select! {
+        r = joined => r,
+        _ = ticker => unreachable!("the ticker never ends"),
     }
 }
 
-/// `x-seq` and the body (send time in ns) of a MESSAGE frame.
+/// A publisher's own member of its rooms: counts what reaches members.
+struct Probe {
+    seen: Arc<AtomicU64>,
+    moved: Arc<tokio::sync::Notify>,
+    /// Why the probe's session ended, once it has.
+    ended: Arc<Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Probe {
+    fn start(mut reader: RawReader) -> Probe {
+        let seen = Arc::new(AtomicU64::new(0));
+        let moved = Arc::new(tokio::sync::Notify::new());
+        let ended = Arc::new(Mutex::new(None));
+        let task = {
+            let (seen, moved, ended) = (seen.clone(), moved.clone(), ended.clone());
+            tokio::spawn(async move {
+                let why = loop {
+                    match reader.next().await {
+                        Ok(Some(m)) if m.starts_with(b"MESSAGE") => {
+                            seen.fetch_add(1, Ordering::Relaxed);
+                            moved.notify_one();
+                        }
+                        Ok(Some(m)) if m.starts_with(b"ERROR") => {
+                            let msg = std::str::from_utf8(m)
+                                .ok()
+                                .and_then(|f| f.lines().find_map(|l| l.strip_prefix("message:")))
+                                .unwrap_or("");
+                            break format!("ERROR frame: {}", ws::short(msg));
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => break "closed".to_string(),
+                        Err(e) => break format!("read: {e}"),
+                    }
+                };
+                *ended.lock().expect("probe") = Some(why);
+                moved.notify_one();
+            })
+        };
+        Probe {
+            seen,
+            moved,
+            ended,
+            task,
+        }
+    }
+
+    fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// Wait until more than `n` messages have reached the probe.
+    async fn wait_below(&self, n: u64, limit: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.seen() <= n {
+            if let Some(why) = self.ended.lock().expect("probe").clone() {
+                return Err(format!("probe session ended ({why}): members dropped"));
+            }
+            if tokio::time::timeout_at(deadline, self.moved.notified())
+                .await
+                .is_err()
+            {
+                return Err(format!("probe saw nothing for {limit:?}: members stalled"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One id per run, shared by the parent and its workers: the parent's pid
+/// (workers see it as their ppid), so back-to-back runs use fresh rooms.
+fn run_id(args: &FanoutArgs) -> u64 {
+    if args.workers.worker.is_some() {
+        std::os::unix::process::parent_id() as u64
+    } else {
+        std::process::id() as u64
+    }
+}
+
+/// One member's session, set up and ready to read.
+async fn member(
+    args: &FanoutArgs,
+    dests: &[String],
+    addr: std::net::SocketAddr,
+    src: Option<std::net::IpAddr>,
+) -> Result<RawReader, String> {
+    let limit = Duration::from_secs_f64(args.step_timeout);
+    let mut s = ws::open(&args.endpoint.url, addr, src, limit).await?;
+    ws::login(&mut s, &args.endpoint, limit).await?;
+    let receipt = if args.no_subscribe_receipt {
+        ""
+    } else {
+        "receipt:live\n"
+    };
+    for (id, dest) in dests.iter().enumerate() {
+        s.send(Message::text(format!(
+            "SUBSCRIBE\nid:{id}\ndestination:{dest}\n{receipt}\n\0"
+        )))
+        .await
+        .map_err(|e| format!("send: {}", ws::short(&e.to_string())))?;
+        if !args.no_subscribe_receipt {
+            ws::expect(&mut s, "RECEIPT", limit, false).await?;
+        }
+    }
+    // Nothing more is buffered in tungstenite: publishing has not started.
+    Ok(RawReader::new(s.into_inner()))
+}
+
+/// What one member saw.
+#[derive(Default)]
+struct Seen {
+    room: usize,
+    received: u64,
+    out_of_order: u64,
+    dropped: Option<String>,
+    last_ns: u64,
+}
+
+/// Latencies go into a few shared histograms, in batches, instead of one
+/// histogram per member (tens of KiB each).
+struct Latencies {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Latencies {
+    fn add(&self, who: usize, batch: &mut Vec<u64>) {
+        let mut h = self.shards[who % self.shards.len()]
+            .lock()
+            .expect("histogram lock");
+        for &v in batch.iter() {
+            let _ = h.record(v.max(1));
+        }
+        batch.clear();
+    }
+}
+
+async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
+    let sessions = args.rooms * args.members;
+    let run_id = run_id(args);
+    let (addr, src) = match ws::resolve(&args.endpoint.url, index) {
+        Ok(x) => x,
+        Err(e) => {
+            let mut r = Ready::default();
+            r.errors
+                .insert(e, (index..sessions).step_by(n).count() as u64);
+            println!("{}", serde_json::to_string(&r).expect("json"));
+            return 2;
+        }
+    };
+
+    // Subscribe our slice over the ramp-up.
+    let opened = Arc::new(AtomicU64::new(0));
+    let progress = workers::report_progress(opened.clone());
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in (index..sessions).step_by(n) {
+        let room = i % args.rooms;
+        let offset = Duration::from_secs_f64(args.ramp_up * i as f64 / sessions.max(1) as f64);
+        let args = args.clone();
+        let opened = opened.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(t0 + offset).await;
+            let r = member(&args, &[room_dest(run_id, room)], addr, src).await;
+            opened.fetch_add(1, Ordering::Relaxed);
+            r.map(|reader| (room, reader))
+        }));
+    }
+    let mut members = Vec::new();
+    let mut ready = Ready::default();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(m)) => members.push(m),
+            Ok(Err(e)) => *ready.errors.entry(e).or_default() += 1,
+            Err(e) => *ready.errors.entry(format!("task: {e}")).or_default() += 1,
+        }
+    }
+    progress.abort();
+    ready.subscribed = members.len();
+    println!("{}", serde_json::to_string(&ready).expect("json"));
+
+    // Read deliveries until told to stop.
+    let received = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Latencies {
+        shards: (0..8)
+            .map(|_| Mutex::new(Histogram::new(3).expect("histogram")))
+            .collect(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let readers: Vec<_> = members
+        .into_iter()
+        .enumerate()
+        .map(|(who, (room, mut reader))| {
+            let received = received.clone();
+            let lat = lat.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut seen = Seen {
+                    room,
+                    ..Seen::default()
+                };
+                let mut last = 0u64;
+                let mut batch = Vec::with_capacity(256);
+                loop {
+                    let data = tokio::select! {
+                        biased;
+                        _ = stop.changed() => break,
+                        m = reader.next() => match m {
+                            Ok(Some(d)) => d,
+                            Ok(None) => {
+                                seen.dropped.get_or_insert_with(|| "closed".into());
+                                break;
+                            }
+                            Err(e) => {
+                                seen.dropped.get_or_insert_with(|| format!("read: {e}"));
+                                break;
+                            }
+                        },
+                    };
+                    if data.starts_with(b"ERROR") {
+                        let msg = std::str::from_utf8(data)
+                            .ok()
+                            .and_then(|f| f.lines().find_map(|l| l.strip_prefix("message:")))
+                            .unwrap_or("");
+                        seen.dropped = Some(format!("ERROR frame: {}", ws::short(msg)));
+                        continue;
+                    }
+                    let Some((seq, sent_ns)) = parse_message(data) else {
+                        continue;
+                    };
+                    let now = now_ns();
+                    seen.last_ns = now;
+                    batch.push(now.saturating_sub(sent_ns) / 1000);
+                    if batch.len() == batch.capacity() {
+                        lat.add(who, &mut batch);
+                    }
+                    if seq != last + 1 {
+                        seen.out_of_order += 1;
+                    }
+                    last = last.max(seq);
+                    seen.received += 1;
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.add(who, &mut batch);
+                seen
+            })
+        })
+        .collect();
+
+    // Wait for the parent's word: what was published.
+    let mut line = String::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let word: Published = match stdin.read_line(&mut line).await {
+        Ok(n) if n > 0 => match serde_json::from_str(line.trim()) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("worker {index}: bad word from parent: {e}");
+                return 2;
+            }
+        },
+        _ => return 0, // parent gave up
+    };
+    let mut per_member_rooms = vec![0u64; args.rooms];
+    for r in (index..sessions).step_by(n).map(|i| i % args.rooms) {
+        per_member_rooms[r] += 1;
+    }
+    let expected: u64 = per_member_rooms
+        .iter()
+        .zip(&word.per_room)
+        .map(|(m, p)| m * p)
+        .sum();
+    let progress = workers::report_progress(received.clone());
+    let deadline = Instant::now() + Duration::from_secs_f64(word.drain_s);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A little longer for duplicates or extras to show.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = stop_tx.send(true);
+    let mut tally = Tally {
+        expected,
+        ..Tally::default()
+    };
+    for r in readers {
+        let seen = match r.await {
+            Ok(s) => s,
+            Err(_) => {
+                tally.dropped += 1;
+                continue;
+            }
+        };
+        tally.delivered += seen.received;
+        tally.out_of_order += seen.out_of_order;
+        tally.short += (seen.received != word.per_room[seen.room]) as u64;
+        if let Some(why) = seen.dropped {
+            tally.dropped += 1;
+            *tally.drop_reasons.entry(why).or_default() += 1;
+        }
+        tally.last_ns = tally.last_ns.max(seen.last_ns);
+    }
+    progress.abort();
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    for h in &lat.shards {
+        hist.add(&*h.lock().expect("histogram lock"))
+            .expect("merge histograms");
+    }
+    tally.latency_us = hist
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    println!("{}", serde_json::to_string(&tally).expect("json"));
+    0
+}
+
+/// The room seq and send time (ns) from a MESSAGE's body `<seq> <ns>…`.
 fn parse_message(data: &[u8]) -> Option<(u64, u64)> {
+    if !data.starts_with(b"MESSAGE") {
+        return None;
+    }
     let head_end = data.windows(2).position(|w| w == b"\n\n")?;
-    let head = std::str::from_utf8(&data[..head_end]).ok()?;
-    let seq = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-seq:"))?
-        .parse()
-        .ok()?;
     let body = &data[head_end + 2..];
-    let body = body.strip_suffix(b"\0").unwrap_or(body);
-    let sent = std::str::from_utf8(body).ok()?.trim().parse().ok()?;
+    let mut nums = body
+        .split(|&b| b == b' ' || b == b'x' || b == 0)
+        .filter(|s| !s.is_empty());
+    let num = |s: &[u8]| std::str::from_utf8(s).ok()?.parse().ok();
+    let seq = num(nums.next()?)?;
+    let sent = num(nums.next()?)?;
     Some((seq, sent))
 }
 
@@ -295,7 +718,10 @@ fn parse_message(data: &[u8]) -> Option<(u64, u64)> {
 mod tests {
     #[test]
     fn parses_seq_and_send_time() {
-        let m = b"MESSAGE\nsubscription:0\nx-seq:42\ncontent-length:3\n\n123\0";
+        let m = b"MESSAGE\nsubscription:0\ncontent-length:9\n\n42 123xxx\0";
         assert_eq!(super::parse_message(m), Some((42, 123)));
+        assert_eq!(super::parse_message(b"MESSAGE\n\n7 9\0"), Some((7, 9)));
+        assert_eq!(super::parse_message(b"RECEIPT\nreceipt-id:1\n\n\0"), None);
+        assert_eq!(super::parse_message(b"MESSAGE\n\nhello\0"), None);
     }
 }

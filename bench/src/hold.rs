@@ -5,6 +5,8 @@
 //! JSON line, then hold every socket until the parent closes their stdin.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -30,17 +32,13 @@ pub struct HoldArgs {
     /// Seconds to hold the sessions once all are open.
     #[arg(long, default_value_t = 10.0)]
     pub hold: f64,
-    /// PID of the server, to read its RSS from /proc/PID/status.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    #[command(flatten)]
+    pub observe: crate::Observe,
     #[command(flatten)]
     pub workers: crate::Workers,
     /// Seconds a step may take before it counts as a timeout error.
     #[arg(long, default_value_t = 10.0)]
     pub step_timeout: f64,
-    /// Write the result as JSON here.
-    #[arg(long)]
-    pub json: Option<std::path::PathBuf>,
 }
 
 /// What a worker reports once its sessions are open.
@@ -65,13 +63,18 @@ pub async fn worker(args: &HoldArgs, index: usize, workers: usize) {
         }
     };
     let start = tokio::time::Instant::now();
+    let opened = Arc::new(AtomicU64::new(0));
+    let progress = crate::workers::report_progress(opened.clone());
     let mut tasks = Vec::new();
     for i in (index..args.sessions).step_by(workers) {
         let offset = Duration::from_secs_f64(args.ramp_up * i as f64 / args.sessions.max(1) as f64);
         let args = args.clone();
+        let opened = opened.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start + offset).await;
-            open_session(i, &args, addr, src, limit).await
+            let r = open_session(i, &args, addr, src, limit).await;
+            opened.fetch_add(1, Ordering::Relaxed);
+            r
         }));
     }
     let mut held: Vec<Ws> = Vec::new();
@@ -82,6 +85,7 @@ pub async fn worker(args: &HoldArgs, index: usize, workers: usize) {
             Err(e) => *report.errors.entry(format!("task: {e}")).or_default() += 1,
         }
     }
+    progress.abort();
     report.established = held.len();
     println!("{}", serde_json::to_string(&report).unwrap());
     // Hold until the parent closes our stdin.
@@ -108,14 +112,4 @@ async fn open_session(
         .await
         .map_err(|e| format!("send: {}", ws::short(&e.to_string())))?;
     Ok(s)
-}
-
-/// A process's resident set size in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }

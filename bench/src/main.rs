@@ -11,17 +11,20 @@
 
 mod fanout;
 mod hold;
+mod observe;
+mod plot;
+mod rawws;
 mod report;
+mod send;
 mod storm;
+mod workers;
 mod ws;
 
-use std::path::PathBuf;
-use std::process::Stdio;
-
 use clap::{Args, Parser, Subcommand};
-use tokio::io::AsyncReadExt;
 
+use observe::Observe;
 use report::{Samples, Summary};
+use workers::{Bar, Workers};
 
 #[derive(Parser)]
 #[command(name = "stampede-bench", version, about)]
@@ -38,6 +41,10 @@ enum Scenario {
     Hold(hold::HoldArgs),
     /// R rooms x M members, P publishers: deliveries/s, latency, loss, order.
     Fanout(fanout::FanoutArgs),
+    /// SEND throughput and RECEIPT latency (persistence/push on vs off).
+    Send(send::SendArgs),
+    /// Tables and PNG plots from a directory of result JSON files.
+    Report(plot::ReportArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -62,57 +69,8 @@ pub struct StormArgs {
     /// (RabbitMQ Web-STOMP closes instead of sending the RECEIPT).
     #[arg(long)]
     pub close_is_receipt: bool,
-    /// Write the summary as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
-
-/// How a scenario's users are spread over worker processes.
-#[derive(Args, Clone, Debug)]
-pub struct Workers {
-    /// Worker processes; 0 = one per 15,000 users (each stays well under
-    /// the 20,000 open files a process may hold here).
-    #[arg(long, default_value_t = 0)]
-    pub workers: usize,
-    /// Internal: run as worker I of the parent's run.
-    #[arg(long, hide = true)]
-    pub worker: Option<usize>,
-    /// Internal: how many workers the parent started.
-    #[arg(long, hide = true)]
-    pub worker_count: Option<usize>,
-}
-
-impl Workers {
-    /// How many workers share `users`.
-    pub fn count(&self, users: usize) -> usize {
-        match (self.worker_count, self.workers) {
-            (Some(n), _) => n,
-            (None, 0) => users.div_ceil(15_000).max(1),
-            (None, n) => n,
-        }
-    }
-
-    /// Start `n` workers: this binary with the parent's arguments plus the
-    /// worker's index; stdout piped (and stdin, for workers the parent
-    /// stops by closing it).
-    fn spawn(n: usize, stdin: bool) -> Result<Vec<tokio::process::Child>, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
-        (0..n)
-            .map(|w| {
-                tokio::process::Command::new(&exe)
-                    .args(std::env::args_os().skip(1))
-                    .arg("--worker-count")
-                    .arg(n.to_string())
-                    .arg("--worker")
-                    .arg(w.to_string())
-                    .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .map_err(|e| format!("cannot start worker {w}: {e}"))
-            })
-            .collect()
-    }
+    #[command(flatten)]
+    pub observe: Observe,
 }
 
 fn main() {
@@ -126,97 +84,121 @@ fn main() {
             Scenario::Storm(args) => run_storm(args).await,
             Scenario::Hold(args) => run_hold(args).await,
             Scenario::Fanout(args) => fanout::run(args).await,
+            Scenario::Send(args) => send::run(args).await,
+            Scenario::Report(args) => plot::run(args),
         }
     });
     std::process::exit(code);
 }
 
 async fn run_storm(args: StormArgs) -> i32 {
-    let workers = args.workers.count(args.users);
+    let n = args.workers.count(args.users);
     if let Some(index) = args.workers.worker {
         // Worker: run our slice, print samples, done.
-        let samples = storm::run_slice(&args, index, workers).await;
-        println!(
-            "{}",
-            serde_json::to_string(&samples).expect("samples serialize")
-        );
+        let samples = storm::run_slice(&args, index, n).await;
+        println!("{}", serde_json::to_string(&samples).expect("samples"));
         return 0;
     }
-    let started = std::time::Instant::now();
-    let children = match Workers::spawn(workers, false) {
-        Ok(c) => c,
+    let start = observe::Start::now(args.observe.server_pid);
+    let mut workers = match Workers::spawn(n) {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("{e}");
             return 2;
         }
     };
+    let bar = Bar::new(n, args.users as u64, "user flows");
+    let payloads = workers::payloads(&mut workers, &bar).await;
+    bar.done();
+    for w in workers {
+        w.finish().await;
+    }
     let mut all = Samples::default();
-    for mut child in children {
-        let mut out = String::new();
-        if let Some(mut so) = child.stdout.take() {
-            let _ = so.read_to_string(&mut out).await;
+    for p in match payloads {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
         }
-        let status = child.wait().await;
-        match serde_json::from_str::<Samples>(out.trim()) {
+    } {
+        match serde_json::from_str::<Samples>(&p) {
             Ok(s) => all.merge(s),
             Err(e) => {
-                eprintln!("worker failed ({status:?}): {e}");
+                eprintln!("worker sent no samples: {e}");
                 return 2;
             }
         }
     }
-    let wall = started.elapsed();
+    let cost = start.cost();
     let summary = Summary::from_samples(
         &all,
         &["ws_open", "connect", "subscribe", "disconnect", "flow"],
     );
+    // Server CPU per user flow: how far from the kernel's own TCP cost.
+    let cpu_per_flow_us = cost
+        .server_cpu_s
+        .map(|s| s * 1e6 / args.users.max(1) as f64);
     println!(
         "storm: {} users, ramp-up {} s, {} worker(s), {:.2} s wall",
-        args.users,
-        args.ramp_up,
-        workers,
-        wall.as_secs_f64()
+        args.users, args.ramp_up, n, cost.wall_s
     );
     print!("{}", summary.markdown());
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({
-            "scenario": "storm",
-            "url": args.endpoint.url,
-            "users": args.users,
-            "ramp_up_s": args.ramp_up,
-            "workers": workers,
-            "wall_s": wall.as_secs_f64(),
-            "steps": summary,
-        });
-        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()) {
-            eprintln!("cannot write {}: {e}", path.display());
-            return 2;
+    println!(
+        "{}; server CPU per user flow {}",
+        cost.line(),
+        cpu_per_flow_us
+            .map(|u| format!("{u:.0} µs"))
+            .unwrap_or_else(|| "?".into())
+    );
+    let doc = serde_json::json!({
+        "scenario": "storm",
+        "label": args.observe.label,
+        "url": args.endpoint.url,
+        "users": args.users,
+        "ramp_up_s": args.ramp_up,
+        "workers": n,
+        "wall_s": cost.wall_s,
+        "cost": cost,
+        "server_cpu_per_flow_us": cpu_per_flow_us,
+        "steps": summary,
+    });
+    match observe::write_json(&args.observe, &doc) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            2
         }
     }
-    0
 }
 
 async fn run_hold(args: hold::HoldArgs) -> i32 {
-    use tokio::io::AsyncBufReadExt;
-    let workers = args.workers.count(args.sessions);
+    let n = args.workers.count(args.sessions);
     if let Some(index) = args.workers.worker {
-        hold::worker(&args, index, workers).await;
+        hold::worker(&args, index, n).await;
         return 0;
     }
-    let before = args.server_pid.and_then(hold::rss_kib);
-    let mut children = match Workers::spawn(workers, true) {
-        Ok(c) => c,
+    let pid = args.observe.server_pid;
+    let start = observe::Start::now(pid);
+    let before = pid.and_then(observe::rss_kib);
+    let mut workers = match Workers::spawn(n) {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("{e}");
             return 2;
         }
     };
+    let bar = Bar::new(n, args.sessions as u64, "sessions");
+    let payloads = workers::payloads(&mut workers, &bar).await;
+    bar.done();
     let mut total = hold::Opened::default();
-    for child in &mut children {
-        let mut line = String::new();
-        let mut out = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        let _ = out.read_line(&mut line).await;
-        match serde_json::from_str::<hold::Opened>(line.trim()) {
+    for p in match payloads {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    } {
+        match serde_json::from_str::<hold::Opened>(&p) {
             Ok(o) => {
                 total.established += o.established;
                 for (k, n) in o.errors {
@@ -224,24 +206,22 @@ async fn run_hold(args: hold::HoldArgs) -> i32 {
                 }
             }
             Err(e) => {
-                eprintln!("worker failed: {e}");
+                eprintln!("worker sent no report: {e}");
                 return 2;
             }
         }
     }
     // Let the server finish the last SUBSCRIBEs, then read its RSS.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let after = args.server_pid.and_then(hold::rss_kib);
+    let after = pid.and_then(observe::rss_kib);
     tokio::time::sleep(std::time::Duration::from_secs_f64(
         (args.hold - 1.0).max(0.0),
     ))
     .await;
-    for child in &mut children {
-        drop(child.stdin.take());
+    for w in workers {
+        w.finish().await;
     }
-    for mut child in children {
-        let _ = child.wait().await;
-    }
+    let cost = start.cost();
     let per_session = match (before, after) {
         (Some(b), Some(a)) if total.established > 0 => {
             Some((a.saturating_sub(b) * 1024) as f64 / total.established as f64)
@@ -259,22 +239,25 @@ async fn run_hold(args: hold::HoldArgs) -> i32 {
             .map(|b| format!("{b:.0}"))
             .unwrap_or_else(|| "?".into())
     );
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({
-            "scenario": "hold",
-            "url": args.endpoint.url,
-            "sessions": args.sessions,
-            "established": total.established,
-            "errors": total.errors,
-            "workers": workers,
-            "rss_before_kib": before,
-            "rss_after_kib": after,
-            "bytes_per_session": per_session,
-        });
-        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()) {
-            eprintln!("cannot write {}: {e}", path.display());
-            return 2;
+    println!("{}", cost.line());
+    let doc = serde_json::json!({
+        "scenario": "hold",
+        "label": args.observe.label,
+        "url": args.endpoint.url,
+        "sessions": args.sessions,
+        "established": total.established,
+        "errors": total.errors,
+        "workers": n,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "bytes_per_session": per_session,
+        "cost": cost,
+    });
+    match observe::write_json(&args.observe, &doc) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            2
         }
     }
-    0
 }

@@ -1,6 +1,8 @@
 //! The `storm` scenario: one user's JMeter flow, and a worker's slice of users.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
@@ -24,6 +26,8 @@ pub async fn run_slice(args: &StormArgs, index: usize, workers: usize) -> Sample
         }
     };
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = crate::workers::report_progress(done.clone());
     let mut tasks = Vec::new();
     for i in (index..args.users).step_by(workers) {
         let offset = if args.users > 1 {
@@ -32,9 +36,12 @@ pub async fn run_slice(args: &StormArgs, index: usize, workers: usize) -> Sample
             Duration::ZERO
         };
         let args = args.clone();
+        let done = done.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start + offset).await;
-            user(i, &args, addr, src).await
+            let steps = user(i, &args, addr, src).await;
+            done.fetch_add(1, Ordering::Relaxed);
+            steps
         }));
     }
     let mut samples = Samples::default();
@@ -51,6 +58,7 @@ pub async fn run_slice(args: &StormArgs, index: usize, workers: usize) -> Sample
             Err(e) => samples.error("flow", &format!("task failed: {e}")),
         }
     }
+    progress.abort();
     samples
 }
 

@@ -84,8 +84,108 @@ def test_fanout_delivers_everything_in_order(server_factory, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(out.read_text())
     assert doc["sent"] > 300, doc
-    # every message reaches every member of its room, in x-seq order
+    # every message reaches every member of its room, in room order
     assert doc["expected"] == doc["sent"] * 10, doc
     assert doc["delivered"] == doc["expected"] and doc["lost"] == 0, doc
     assert doc["out_of_order"] == 0 and doc["subscribers_short"] == 0, doc
     assert 0 < doc["latency_ms"]["p50"] <= doc["latency_ms"]["p99"], doc
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+def test_fanout_over_worker_processes_as_fast_as_possible(server_factory, tmp_path):
+    srv = server_factory("--shards", "2")
+    out = tmp_path / "fanout.json"
+    r = subprocess.run(
+        [BENCH, "fanout", "--url", srv.ws_url("/ws"), "--rooms", "6", "--members", "20", "--publishers", "3",
+         "--rate", "0", "--duration", "1", "--drain", "10", "--workers", "3",
+         "--server-pid", str(srv.proc.pid), "--label", "t", "--json", str(out)],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["workers"] == 3 and doc["label"] == "t"
+    assert doc["sent"] > 100, doc
+    assert doc["delivered"] == doc["expected"] == doc["sent"] * 20, doc
+    assert doc["lost"] == 0 and doc["out_of_order"] == 0 and doc["sessions_dropped"] == 0, doc
+    # the run's cost: server CPU from /proc, generator CPU from getrusage
+    assert doc["cost"]["server_cpu_s"] > 0 and doc["cost"]["generator_cpu_s"] > 0, doc
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+def test_fanout_reports_members_the_server_dropped(server_factory, tmp_path):
+    # members that cannot keep up are dropped by the server (slow consumer);
+    # the harness must count them as lost, with the server's reason
+    srv = server_factory("--shards", "1", "--max-outbound-bytes", "65536", "--max-frame-size", "65536")
+    out = tmp_path / "fanout.json"
+    r = subprocess.run(
+        [BENCH, "fanout", "--url", srv.ws_url("/ws"), "--rooms", "1", "--members", "4", "--publishers", "1",
+         "--rate", "0", "--duration", "1", "--drain", "2", "--window", "100000", "--body-size", "4000",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=90,
+    )
+    doc = json.loads(out.read_text())
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert doc["lost"] > 0 and doc["sessions_dropped"] > 0, doc
+    assert any("slow consumer" in k for k in doc["drop_reasons"]), doc
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+def test_send_counts_every_receipt(server_factory, tmp_path):
+    srv = server_factory("--shards", "2")
+    out = tmp_path / "send.json"
+    r = subprocess.run(
+        [BENCH, "send", "--url", srv.ws_url("/ws"), "--publishers", "2", "--rooms", "5", "--window", "8",
+         "--duration", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["sent"] > 100 and doc["receipted"] == doc["sent"] and doc["missing_receipts"] == 0, doc
+    assert doc["errors"] == {}, doc
+    assert 0 < doc["latency_ms"]["p50"] <= doc["latency_ms"]["p99"] <= doc["latency_ms"]["max"], doc
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+def test_send_reports_server_errors(server_factory, tmp_path):
+    # a body over the frame limit: the server answers ERROR; the run fails and says why
+    srv = server_factory("--shards", "1", "--max-frame-size", "2048", "--max-outbound-bytes", "65536")
+    out = tmp_path / "send.json"
+    r = subprocess.run(
+        [BENCH, "send", "--url", srv.ws_url("/ws"), "--publishers", "1", "--body-size", "4096",
+         "--duration", "0.5", "--drain", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["receipted"] == 0 and doc["missing_receipts"] == doc["sent"] > 0, doc
+    assert any(k.startswith("ERROR frame:") for k in doc["errors"]), doc
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+def test_report_makes_tables_and_plots_from_real_runs(server_factory, tmp_path):
+    srv = server_factory("--shards", "2")
+    runs = tmp_path / "json"
+    runs.mkdir()
+    for users in ("50", "150"):
+        r = subprocess.run(
+            [BENCH, "storm", "--url", srv.ws_url("/ws"), "--users", users, "--ramp-up", "0.2",
+             "--label", "stampede", "--server-pid", str(srv.proc.pid), "--json", str(runs / f"storm-{users}.json")],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "server CPU per user flow" in r.stdout
+    r = subprocess.run(
+        [BENCH, "fanout", "--url", srv.ws_url("/ws"), "--rooms", "2", "--members", "5", "--rate", "100",
+         "--duration", "0.5", "--label", "stampede", "--json", str(runs / "fanout.json")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([BENCH, "report", "--dir", str(runs), "--plots", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "| stampede | 0.2 | 50 | 0 | 0.00 |" in r.stdout, r.stdout
+    assert "| stampede | 0.2 | 150 | 0 | 0.00 |" in r.stdout, r.stdout
+    assert "| stampede | 2 x 5 | 100 |" in r.stdout, r.stdout
+    for png in ("storm-avg.png", "storm-p99.png", "storm-errors.png", "fanout.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000, png

@@ -1,0 +1,299 @@
+//! The `send` scenario (the seed's planned part 2): SEND throughput and
+//! RECEIPT latency. P publishers each keep up to `--window` SENDs with a
+//! `receipt` outstanding, over `--rooms` rooms, at `--rate` in all (0 = as
+//! fast as the window allows). Run it against a server with persistence
+//! and push on, then off, to see what they cost; a RECEIPT confirms a
+//! SEND (and, with durable receipts, that it is on disk).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::observe::{self, Observe};
+use crate::ws;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub endpoint: ws::Endpoint,
+    /// Publisher sessions.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Rooms the SENDs go to (in turn).
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Most SENDs per publisher waiting for their RECEIPT.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// SENDs per second over all publishers; 0 = as fast as the window allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Body bytes per SEND.
+    #[arg(long, default_value_t = 100)]
+    pub body_size: usize,
+    /// Seconds to wait for the last RECEIPTs.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    /// Seconds a set-up step may take.
+    #[arg(long, default_value_t = 10.0)]
+    pub step_timeout: f64,
+    #[command(flatten)]
+    pub observe: Observe,
+}
+
+/// One publisher's result.
+#[derive(Default)]
+struct Outcome {
+    sent: u64,
+    receipted: u64,
+    errors: BTreeMap<String, u64>,
+    hist: Option<Histogram<u64>>,
+    last_receipt: Option<Instant>,
+}
+
+pub async fn run(args: SendArgs) -> i32 {
+    match main(&args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("send: {e}");
+            2
+        }
+    }
+}
+
+async fn main(args: &SendArgs) -> Result<i32, String> {
+    let limit = Duration::from_secs_f64(args.step_timeout);
+    let (addr, src) = ws::resolve(&args.endpoint.url, 0)?;
+    let run = std::process::id();
+    let mut sessions = Vec::new();
+    for _ in 0..args.publishers.max(1) {
+        let mut s = ws::open(&args.endpoint.url, addr, src, limit).await?;
+        ws::login(&mut s, &args.endpoint, limit).await?;
+        sessions.push(s);
+    }
+    let cost0 = observe::Start::now(args.observe.server_pid);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(args.duration);
+    let per_pub_rate = args.rate / sessions.len() as f64;
+    let body: String = "b".repeat(args.body_size);
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(p, s)| {
+            let args = args.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                publisher(p, s, &args, run, &body, start, end, per_pub_rate).await
+            })
+        })
+        .collect();
+    let mut total = Outcome {
+        hist: Some(Histogram::new(3).expect("histogram")),
+        ..Outcome::default()
+    };
+    for t in tasks {
+        let o = t.await.map_err(|e| format!("publisher: {e}"))?;
+        total.sent += o.sent;
+        total.receipted += o.receipted;
+        for (k, v) in o.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+        if let (Some(h), Some(mine)) = (total.hist.as_mut(), o.hist.as_ref()) {
+            h.add(mine).expect("merge histograms");
+        }
+        total.last_receipt = total.last_receipt.max(o.last_receipt);
+    }
+    let cost = cost0.cost();
+    let hist = total.hist.take().expect("histogram");
+    let secs = total
+        .last_receipt
+        .map(|t| t.duration_since(start).as_secs_f64())
+        .unwrap_or(args.duration)
+        .max(1e-9);
+    let rate = total.receipted as f64 / secs;
+    let missing = total.sent - total.receipted;
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "send: {} publishers, window {}, {} rooms, {} B bodies: {} sent, {} receipted in {secs:.2} s ({rate:.0}/s); missing receipts {missing}; errors {:?}",
+        args.publishers,
+        args.window,
+        args.rooms,
+        args.body_size,
+        total.sent,
+        total.receipted,
+        total.errors
+    );
+    println!(
+        "receipt latency ms: p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        hist.max() as f64 / 1000.0
+    );
+    println!("{}", cost.line());
+    let doc = serde_json::json!({
+        "scenario": "send", "label": args.observe.label, "url": args.endpoint.url,
+        "publishers": args.publishers, "window": args.window, "rooms": args.rooms,
+        "rate": args.rate, "body_size": args.body_size, "duration_s": args.duration,
+        "sent": total.sent, "receipted": total.receipted, "missing_receipts": missing,
+        "errors": total.errors, "receipts_per_s": rate,
+        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0},
+        "cost": cost,
+    });
+    observe::write_json(&args.observe, &doc)?;
+    Ok(if missing > 0 || !total.errors.is_empty() {
+        1
+    } else {
+        0
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publisher(
+    p: usize,
+    s: ws::Ws,
+    args: &SendArgs,
+    run: u32,
+    body: &str,
+    start: Instant,
+    end: Instant,
+    rate: f64,
+) -> Outcome {
+    let (mut tx, mut rx) = s.split();
+    let window = Arc::new(Semaphore::new(args.window.max(1)));
+    let pending: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let done = Arc::new(tokio::sync::Notify::new());
+
+    // Reader: match RECEIPTs to their SENDs.
+    let reader = {
+        let window = window.clone();
+        let pending = pending.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut o = Outcome {
+                hist: Some(Histogram::new(3).expect("histogram")),
+                ..Outcome::default()
+            };
+            while let Some(m) = rx.next().await {
+                let data: &[u8] = match &m {
+                    Ok(Message::Text(t)) => t.as_bytes(),
+                    Ok(Message::Binary(b)) => b,
+                    Ok(Message::Close(_)) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        *o.errors.entry(ws::short(&e.to_string())).or_default() += 1;
+                        break;
+                    }
+                };
+                if data.starts_with(b"ERROR") {
+                    let msg = std::str::from_utf8(data)
+                        .ok()
+                        .and_then(|f| f.lines().find_map(|l| l.strip_prefix("message:")))
+                        .unwrap_or("");
+                    *o.errors
+                        .entry(format!("ERROR frame: {}", ws::short(msg)))
+                        .or_default() += 1;
+                    break;
+                }
+                let Some(id) = receipt_id(data) else { continue };
+                let Some(sent_at) = pending.lock().expect("pending").remove(&id) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let _ = o
+                    .hist
+                    .as_mut()
+                    .expect("histogram")
+                    .record((now.duration_since(sent_at).as_micros() as u64).max(1));
+                o.receipted += 1;
+                o.last_receipt = Some(now);
+                window.add_permits(1);
+                if pending.lock().expect("pending").is_empty() {
+                    done.notify_one();
+                }
+            }
+            // No more receipts can come: release a writer waiting for one.
+            window.close();
+            done.notify_one();
+            o
+        })
+    };
+
+    // Writer.
+    let mut sent = 0u64;
+    let mut write_error = None;
+    while Instant::now() < end {
+        let Ok(permit) = window.acquire().await else {
+            break;
+        };
+        permit.forget();
+        sent += 1;
+        let room = (sent as usize + p) % args.rooms.max(1);
+        let frame = format!(
+            "SEND\ndestination:/topic/send{run}-{room}\nreceipt:{sent}\ncontent-length:{}\n\n{body}\0",
+            body.len()
+        );
+        pending
+            .lock()
+            .expect("pending")
+            .insert(sent, Instant::now());
+        if let Err(e) = tx.send(Message::text(frame)).await {
+            write_error = Some(ws::short(&e.to_string()));
+            sent -= 1;
+            break;
+        }
+        if rate > 0.0 {
+            let due = start + Duration::from_secs_f64(sent as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    // Wait for the last receipts (or the drain limit).
+    let drain = Duration::from_secs_f64(args.drain);
+    let _ = tokio::time::timeout(drain, async {
+        while !pending.lock().expect("pending").is_empty() && !window.is_closed() {
+            done.notified().await;
+        }
+    })
+    .await;
+    let _ = tx.close().await;
+    let mut o = match tokio::time::timeout(Duration::from_secs(5), reader).await {
+        Ok(Ok(o)) => o,
+        _ => Outcome::default(),
+    };
+    o.sent = sent;
+    if let Some(e) = write_error {
+        *o.errors.entry(format!("write: {e}")).or_default() += 1;
+    }
+    o
+}
+
+/// The numeric `receipt-id` of a RECEIPT frame.
+fn receipt_id(data: &[u8]) -> Option<u64> {
+    if !data.starts_with(b"RECEIPT") {
+        return None;
+    }
+    let text = std::str::from_utf8(data).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("receipt-id:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn receipt_ids() {
+        assert_eq!(super::receipt_id(b"RECEIPT\nreceipt-id:17\n\n\0"), Some(17));
+        assert_eq!(super::receipt_id(b"MESSAGE\nreceipt-id:17\n\n\0"), None);
+        assert_eq!(super::receipt_id(b"RECEIPT\nreceipt-id:x\n\n\0"), None);
+    }
+}

@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# The comparison run (issue 3): the seed's JMeter experiment (`storm`),
+# memory per idle session (`hold`) and fan-out throughput (`fanout`),
+# against stampede (one core, then all cores), the Spring SimpleBroker
+# baseline and RabbitMQ Web-STOMP, on this machine, in one run.
+#
+#   scripts/bench-compare.sh                 # the full run (~40 min here)
+#   scripts/bench-compare.sh --quick         # a smoke run (~5 min)
+#   scripts/bench-compare.sh --targets "stampede-1core spring"
+#
+# Writes bench/results/<date>/ (JSON per run, PNG plots, logs) and
+# bench/results/<date>-compare.md (machine, versions, commands, tables).
+#
+# Single-core targets run on core 0 and the generator on the other cores;
+# "stampede" (all cores) shares every core with the generator.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+QUICK=0
+TARGETS="stampede-1core stampede spring rabbitmq"
+DATE="$(date -u +%F)"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --targets) TARGETS="$2"; shift ;;
+    --date) DATE="$2"; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$QUICK" = 1 ]; then
+  STORM_USERS="100 1000"
+  HOLD_SESSIONS=2000
+  FANOUTS="20x50"
+  FANOUT_SECS=2
+  PACED_RATE=200
+  DATE="$DATE-quick"
+else
+  STORM_USERS="100 1000 3000 5000 10000 19000"
+  HOLD_SESSIONS=19000
+  FANOUTS="100x100 1x5000"
+  FANOUT_SECS=5
+  # 100 x 100 at this many msg/s = 500,000 deliveries/s (half the target).
+  PACED_RATE=5000
+fi
+
+OUT="bench/results/$DATE"
+JSON="$OUT/json"
+mkdir -p "$JSON"
+rm -f "$JSON"/*.json
+LOG="$OUT/run.log"
+: > "$LOG"
+say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG" >&2; }
+
+# --- prerequisites -----------------------------------------------------------
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core >/dev/null; }
+fi
+say "building stampede and stampede-bench"
+cargo build --release --workspace -q
+BENCH="$ROOT/target/release/stampede-bench"
+STAMPEDE="$ROOT/target/release/stampede"
+CORES="$(nproc)"
+GEN_CPUS="1-$((CORES - 1))"
+[ "$CORES" -lt 2 ] && GEN_CPUS=0
+
+# --- targets -------------------------------------------------------------------
+# start_target NAME: sets URL, PID, PIN (taskset prefix for the generator),
+# EXTRA (scenario flags the target needs) and FANOUT_EXTRA.
+STAMPEDE_DATA=""
+start_target() {
+  EXTRA=""
+  FANOUT_EXTRA=""
+  PIN="taskset -c $GEN_CPUS"
+  case "$1" in
+    stampede-1core|stampede)
+      local shards=0 pin=""
+      if [ "$1" = stampede-1core ]; then shards=1; pin="taskset -c 0"; else PIN=""; fi
+      STAMPEDE_DATA="$(mktemp -d /tmp/stampede-compare.XXXXXX)"
+      local ready="$STAMPEDE_DATA/ready"
+      $pin "$STAMPEDE" --listen 127.0.0.1:0 --stomp-listen off --shards "$shards" \
+        --data-dir "$STAMPEDE_DATA" >"$ready" 2>>"$OUT/$1.log" &
+      PID=$!
+      for _ in $(seq 100); do grep -q "^stampede ready" "$ready" && break; sleep 0.1; done
+      local http
+      http="$(sed -n 's/^stampede ready http=\([^ ]*\).*/\1/p' "$ready")"
+      [ -n "$http" ] || { say "stampede did not start"; return 1; }
+      URL="ws://$http/ws"
+      ;;
+    spring)
+      local line
+      line="$(scripts/baseline-spring.sh start --port 18080 --cpu 0)"
+      PID="$(sed -n 's/.*pid=\([0-9]*\).*/\1/p' <<<"$line")"
+      URL="$(sed -n 's/.*url=\([^ ]*\).*/\1/p' <<<"$line")"
+      # No RECEIPT for SUBSCRIBE; no per-subscriber order by default.
+      FANOUT_EXTRA="--no-subscribe-receipt --allow-reorder"
+      ;;
+    rabbitmq)
+      local line
+      line="$(scripts/baseline-rabbitmq.sh start --port 15674 --cpu 0)"
+      PID="$(sed -n 's/.*pid=\([0-9]*\).*/\1/p' <<<"$line")"
+      URL="$(sed -n 's/.*url=\([^ ]*\).*/\1/p' <<<"$line")"
+      # Closes the socket instead of answering DISCONNECT with a RECEIPT.
+      EXTRA="--login guest --passcode guest --vhost /"
+      STORM_EXTRA="--close-is-receipt"
+      ;;
+    *) say "unknown target $1"; return 1 ;;
+  esac
+  say "$1 up: pid $PID, $URL"
+}
+
+stop_target() {
+  case "$1" in
+    stampede-1core|stampede)
+      kill "$PID" 2>/dev/null || true
+      wait "$PID" 2>/dev/null || true
+      rm -rf "$STAMPEDE_DATA"
+      ;;
+    spring) scripts/baseline-spring.sh stop >/dev/null || true ;;
+    rabbitmq) scripts/baseline-rabbitmq.sh stop >/dev/null || true ;;
+  esac
+}
+
+# A target that died (Spring out of heap, say) is restarted for the next
+# run; the death is logged and shows in that run's errors.
+ensure_alive() {
+  if ! kill -0 "$PID" 2>/dev/null; then
+    say "$1 died; restarting it for the next run"
+    stop_target "$1"
+    start_target "$1"
+  fi
+}
+
+# bench NAME JSONFILE SCENARIO ARGS...: one run, logged; a failing run is
+# recorded, not fatal (its JSON says what failed).
+bench() {
+  local name="$1" file="$2"; shift 2
+  local cmd=($PIN "$BENCH" "$@" --label "$name" --server-pid "$PID" --json "$JSON/$file")
+  echo "\$ ${cmd[*]}" >>"$LOG"
+  "${cmd[@]}" >>"$LOG" 2>&1 || say "$name: $1 exited $? (see run.log)"
+  sleep 2
+}
+
+# RabbitMQ deletes a finished run's queues (one per SUBSCRIBE) for up to a
+# minute of a core after a big run, and its RSS does not shrink: it gets a
+# fresh node for every run, so one run's clean-up does not load the next.
+fresh() {
+  if [ "$1" = rabbitmq ]; then
+    stop_target "$1"
+    start_target "$1"
+    warm_up "$1"
+  fi
+}
+
+# 300 unrecorded user flows after every start (the JVM's JIT, Erlang's
+# code loading), so no target is measured cold.
+warm_up() {
+  # shellcheck disable=SC2086
+  $PIN "$BENCH" storm --url "$URL" --users 300 --ramp-up 1 $EXTRA $STORM_EXTRA >/dev/null 2>&1 || true
+  sleep 2
+}
+
+COMMANDS=""
+for t in $TARGETS; do
+  STORM_EXTRA=""
+  start_target "$t"
+  warm_up "$t"
+  COMMANDS+="- $t: $URL"$'\n'
+  for ramp in 1 0; do
+    for n in $STORM_USERS; do
+      fresh "$t"
+      say "$t storm $n users, ramp-up $ramp s"
+      # shellcheck disable=SC2086
+      bench "$t" "$t-storm-r$ramp-$(printf %05d "$n").json" storm --url "$URL" \
+        --users "$n" --ramp-up "$ramp" $EXTRA $STORM_EXTRA
+      ensure_alive "$t"
+    done
+  done
+  # A fresh server for hold, so its RSS before is a clean baseline.
+  stop_target "$t"
+  start_target "$t"
+  warm_up "$t"
+  say "$t hold $HOLD_SESSIONS"
+  # shellcheck disable=SC2086
+  bench "$t" "$t-hold.json" hold --url "$URL" --sessions "$HOLD_SESSIONS" --hold 5 $EXTRA
+  ensure_alive "$t"
+  # Paced first (latency at a set rate), then as fast as possible.
+  fresh "$t"
+  say "$t fanout paced, $PACED_RATE msg/s"
+  # shellcheck disable=SC2086
+  bench "$t" "$t-fanout-${FANOUTS%% *}-paced.json" fanout --url "$URL" \
+    --rooms "$(cut -dx -f1 <<<"${FANOUTS%% *}")" --members "$(cut -dx -f2 <<<"${FANOUTS%% *}")" \
+    --publishers 4 --rate "$PACED_RATE" --duration "$FANOUT_SECS" --drain 30 $EXTRA $FANOUT_EXTRA
+  for f in $FANOUTS; do
+    fresh "$t"
+    rooms="${f%x*}"; members="${f#*x}"
+    say "$t fanout $rooms x $members, as fast as possible"
+    # shellcheck disable=SC2086
+    bench "$t" "$t-fanout-$f-max.json" fanout --url "$URL" --rooms "$rooms" --members "$members" \
+      --publishers "$(( rooms < 4 ? rooms : 4 ))" --rate 0 --duration "$FANOUT_SECS" --drain 30 \
+      $EXTRA $FANOUT_EXTRA
+    ensure_alive "$t"
+  done
+  stop_target "$t"
+done
+
+# --- the results file ------------------------------------------------------------
+say "writing tables and plots"
+"$BENCH" report --dir "$JSON" --plots "$OUT" >"$OUT/tables.md"
+MD="bench/results/$DATE-compare.md"
+{
+  echo "# stampede vs Spring SimpleBroker vs RabbitMQ Web-STOMP — $DATE"
+  echo
+  echo "Made by \`scripts/bench-compare.sh$([ "$QUICK" = 1 ] && echo ' --quick')\` (targets: $TARGETS)."
+  echo "Raw results: \`$OUT/json/\`; every command with its output: \`$OUT/run.log\`."
+  echo
+  echo "## Machine"
+  echo
+  echo "- CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $CORES cores"
+  echo "- Memory: $(free -g | awk '/^Mem:/ {print $2}') GiB; kernel $(uname -r)"
+  echo "- Single-core targets pinned to core 0 (\`taskset -c 0\`), the generator to cores $GEN_CPUS;"
+  echo "  \`stampede\` (all cores, \`--shards 0\`) shares every core with the generator."
+  echo
+  echo "## Versions"
+  echo
+  echo "- stampede $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)'), rustc $(rustc --version | cut -d' ' -f2)"
+  if [[ " $TARGETS " == *" spring "* ]]; then
+    echo "- Spring SimpleBroker baseline: Spring 4.3.30 (Debian libspring-java source), Tomcat $(dpkg-query -W -f '${Version}' libtomcat9-java 2>/dev/null), $(java -version 2>&1 | head -1), \`-Xmx256m\`, pinned to core 0"
+  fi
+  if [[ " $TARGETS " == *" rabbitmq "* ]]; then
+    echo "- RabbitMQ: $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null), Erlang $(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null)"
+  fi
+  echo
+  echo "## Targets"
+  echo
+  printf '%s' "$COMMANDS"
+  echo
+  echo "## Results"
+  echo
+  sed "s#](\([a-z0-9-]*\.png\))#]($DATE/\1)#" "$OUT/tables.md"
+} >"$MD"
+say "wrote $MD"
