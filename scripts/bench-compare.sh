@@ -50,10 +50,11 @@ fi
 
 OUT="bench/results/$DATE"
 JSON="$OUT/json"
-mkdir -p "$JSON"
-rm -f "$JSON"/*.json
+mkdir -p "$JSON" "$OUT/targets"
+# Runs of the targets named now replace their earlier results; other
+# targets' results of the same date stay (so one target can be re-run).
 LOG="$OUT/run.log"
-: > "$LOG"
+echo "=== $(date -u +%FT%TZ) scripts/bench-compare.sh, targets: $TARGETS" >>"$LOG"
 say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG" >&2; }
 
 # --- prerequisites -----------------------------------------------------------
@@ -147,11 +148,14 @@ bench() {
   sleep 2
 }
 
-# RabbitMQ deletes a finished run's queues (one per SUBSCRIBE) for up to a
-# minute of a core after a big run, and its RSS does not shrink: it gets a
-# fresh node for every run, so one run's clean-up does not load the next.
+# The baselines get a fresh server for every run, so that one run's
+# aftermath does not count against the next: RabbitMQ deletes a finished
+# run's queues (one per SUBSCRIBE) for up to a minute of a core and its RSS
+# does not shrink; Spring, once a storm has filled its 256 MiB heap, stays
+# alive but spends its core in garbage collection and answers nothing.
+# stampede keeps running (it recovers at once; see the JSON of each run).
 fresh() {
-  if [ "$1" = rabbitmq ]; then
+  if [ "$1" = rabbitmq ] || [ "$1" = spring ]; then
     stop_target "$1"
     start_target "$1"
     warm_up "$1"
@@ -166,12 +170,12 @@ warm_up() {
   sleep 2
 }
 
-COMMANDS=""
 for t in $TARGETS; do
+  rm -f "$JSON/$t-"*.json
   STORM_EXTRA=""
   start_target "$t"
   warm_up "$t"
-  COMMANDS+="- $t: $URL"$'\n'
+  echo "- $t: $URL, run $(date -u +%FT%TZ)" >"$OUT/targets/$t.txt"
   for ramp in 1 0; do
     for n in $STORM_USERS; do
       fresh "$t"
@@ -217,7 +221,7 @@ MD="bench/results/$DATE-compare.md"
 {
   echo "# stampede vs Spring SimpleBroker vs RabbitMQ Web-STOMP — $DATE"
   echo
-  echo "Made by \`scripts/bench-compare.sh$([ "$QUICK" = 1 ] && echo ' --quick')\` (targets: $TARGETS)."
+  echo "Made by \`scripts/bench-compare.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`."
   echo "Raw results: \`$OUT/json/\`; every command with its output: \`$OUT/run.log\`."
   echo
   echo "## Machine"
@@ -230,16 +234,16 @@ MD="bench/results/$DATE-compare.md"
   echo "## Versions"
   echo
   echo "- stampede $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)'), rustc $(rustc --version | cut -d' ' -f2)"
-  if [[ " $TARGETS " == *" spring "* ]]; then
+  if [ -f "$OUT/targets/spring.txt" ]; then
     echo "- Spring SimpleBroker baseline: Spring 4.3.30 (Debian libspring-java source), Tomcat $(dpkg-query -W -f '${Version}' libtomcat9-java 2>/dev/null), $(java -version 2>&1 | head -1), \`-Xmx256m\`, pinned to core 0"
   fi
-  if [[ " $TARGETS " == *" rabbitmq "* ]]; then
+  if [ -f "$OUT/targets/rabbitmq.txt" ]; then
     echo "- RabbitMQ: $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null), Erlang $(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null)"
   fi
   echo
   echo "## Targets"
   echo
-  printf '%s' "$COMMANDS"
+  cat "$OUT"/targets/*.txt
   echo
   echo "## Results"
   echo

@@ -71,6 +71,13 @@ pub async fn run(shard: Rc<Shard>, conn: ConnRef, mut stream: TcpStream, mut inb
             shard.mark_dirty(&conn);
         }
         shard.after_io();
+        // The flush normally waits for the end of the reactor round; a
+        // connection whose own replies already fill the read-pause budget
+        // (a client pipelining without reading) is flushed now, so that
+        // `write_blocked` and the pause below take effect at once.
+        if conn.borrow().out.pending_len() >= READ_PAUSE_OUTBOUND {
+            shard.flush();
+        }
         if let Some(h) = handoff {
             hand_off(&shard, &stream, h);
             break;

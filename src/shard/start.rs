@@ -146,6 +146,7 @@ async fn run(
         drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(bell) });
     }
     let id = shard.id;
+    glommio::spawn_local(shard.clone().flusher()).detach();
     glommio::spawn_local(shard.clone().sweep()).detach();
     if let Some(fd) = stomp {
         glommio::spawn_local(accept_loop(shard.clone(), fd, Phase::Stomp)).detach();
