@@ -7,6 +7,7 @@
 #   scripts/bench-compare.sh                 # the full run (~40 min here)
 #   scripts/bench-compare.sh --quick         # a smoke run (~5 min)
 #   scripts/bench-compare.sh --targets "stampede-1core spring"
+#   scripts/bench-compare.sh --targets spring --scenarios fanout   # re-run a part
 #
 # Writes bench/results/<date>/ (JSON per run, PNG plots, logs) and
 # bench/results/<date>-compare.md (machine, versions, commands, tables).
@@ -20,11 +21,13 @@ cd "$ROOT"
 
 QUICK=0
 TARGETS="stampede-1core stampede spring rabbitmq"
+SCENARIOS="storm hold fanout"
 DATE="$(date -u +%F)"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --targets) TARGETS="$2"; shift ;;
+    --scenarios) SCENARIOS="$2"; shift ;;
     --date) DATE="$2"; shift ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -32,21 +35,23 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# Fan-out runs: ROOMSxMEMBERS@RATE (msg/s over all publishers; 0 = as fast
+# as members take). 10 x 100 is a shape every target can hold (Spring at
+# -Xmx256m holds ~1,600 sessions); 100 x 100 at 5,000 msg/s is 500,000
+# deliveries/s, half the throughput target.
 if [ "$QUICK" = 1 ]; then
   STORM_USERS="100 1000"
   HOLD_SESSIONS=2000
-  FANOUTS="20x50"
+  FANOUTS="10x20@200 10x20@0 1x200@0"
   FANOUT_SECS=2
-  PACED_RATE=200
   DATE="$DATE-quick"
 else
   STORM_USERS="100 1000 3000 5000 10000 19000"
   HOLD_SESSIONS=19000
-  FANOUTS="100x100 1x5000"
+  FANOUTS="10x100@500 10x100@0 100x100@5000 100x100@0 1x5000@0"
   FANOUT_SECS=5
-  # 100 x 100 at this many msg/s = 500,000 deliveries/s (half the target).
-  PACED_RATE=5000
 fi
+has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 OUT="bench/results/$DATE"
 JSON="$OUT/json"
@@ -171,12 +176,12 @@ warm_up() {
 }
 
 for t in $TARGETS; do
-  rm -f "$JSON/$t-"*.json
+  for sc in $SCENARIOS; do rm -f "$JSON/$t-$sc"*.json; done
   STORM_EXTRA=""
   start_target "$t"
   warm_up "$t"
-  echo "- $t: $URL, run $(date -u +%FT%TZ)" >"$OUT/targets/$t.txt"
-  for ramp in 1 0; do
+  echo "- $t: $URL, $SCENARIOS run $(date -u +%FT%TZ)" >>"$OUT/targets/$t.txt"
+  has storm && for ramp in 1 0; do
     for n in $STORM_USERS; do
       fresh "$t"
       say "$t storm $n users, ramp-up $ramp s"
@@ -186,28 +191,27 @@ for t in $TARGETS; do
       ensure_alive "$t"
     done
   done
-  # A fresh server for hold, so its RSS before is a clean baseline.
-  stop_target "$t"
-  start_target "$t"
-  warm_up "$t"
-  say "$t hold $HOLD_SESSIONS"
-  # shellcheck disable=SC2086
-  bench "$t" "$t-hold.json" hold --url "$URL" --sessions "$HOLD_SESSIONS" --hold 5 $EXTRA
-  ensure_alive "$t"
-  # Paced first (latency at a set rate), then as fast as possible.
-  fresh "$t"
-  say "$t fanout paced, $PACED_RATE msg/s"
-  # shellcheck disable=SC2086
-  bench "$t" "$t-fanout-${FANOUTS%% *}-paced.json" fanout --url "$URL" \
-    --rooms "$(cut -dx -f1 <<<"${FANOUTS%% *}")" --members "$(cut -dx -f2 <<<"${FANOUTS%% *}")" \
-    --publishers 4 --rate "$PACED_RATE" --duration "$FANOUT_SECS" --drain 30 $EXTRA $FANOUT_EXTRA
-  for f in $FANOUTS; do
-    fresh "$t"
-    rooms="${f%x*}"; members="${f#*x}"
-    say "$t fanout $rooms x $members, as fast as possible"
+  if has hold; then
+    # A fresh server for hold, so its RSS before is a clean baseline.
+    stop_target "$t"
+    start_target "$t"
+    warm_up "$t"
+    say "$t hold $HOLD_SESSIONS"
     # shellcheck disable=SC2086
-    bench "$t" "$t-fanout-$f-max.json" fanout --url "$URL" --rooms "$rooms" --members "$members" \
-      --publishers "$(( rooms < 4 ? rooms : 4 ))" --rate 0 --duration "$FANOUT_SECS" --drain 30 \
+    bench "$t" "$t-hold.json" hold --url "$URL" --sessions "$HOLD_SESSIONS" --hold 5 $EXTRA
+    ensure_alive "$t"
+  fi
+  has fanout && for f in $FANOUTS; do
+    fresh "$t"
+    shape="${f%@*}"; rate="${f#*@}"
+    rooms="${shape%x*}"; members="${shape#*x}"
+    say "$t fanout $rooms x $members at $([ "$rate" = 0 ] && echo 'max' || echo "$rate msg/s")"
+    # Members connect over 5 s with 30 s per step, so a slow target is
+    # measured on what it delivers, not on how fast it accepts.
+    # shellcheck disable=SC2086
+    bench "$t" "$t-fanout-$shape-$([ "$rate" = 0 ] && echo max || echo "r$rate").json" fanout \
+      --url "$URL" --rooms "$rooms" --members "$members" --publishers "$(( rooms < 4 ? rooms : 4 ))" \
+      --rate "$rate" --duration "$FANOUT_SECS" --drain 30 --ramp-up 5 --step-timeout 30 \
       $EXTRA $FANOUT_EXTRA
     ensure_alive "$t"
   done

@@ -157,11 +157,23 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
         }
     }
     if ready.subscribed != sessions {
+        // A result too: the target could not hold this many members.
         bar.done();
-        return Err(format!(
+        for w in workers {
+            w.finish().await;
+        }
+        let why = format!(
             "{} of {sessions} members subscribed; errors {:?}",
             ready.subscribed, ready.errors
-        ));
+        );
+        let doc = serde_json::json!({
+            "scenario": "fanout", "label": args.observe.label, "url": args.endpoint.url,
+            "rooms": args.rooms, "members": args.members, "rate": args.rate,
+            "failed": why, "subscribed": ready.subscribed, "subscribe_errors": ready.errors,
+            "cost": start.cost(),
+        });
+        observe::write_json(&args.observe, &doc)?;
+        return Err(why);
     }
     if args.no_subscribe_receipt {
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;

@@ -175,7 +175,7 @@ def test_report_makes_tables_and_plots_from_real_runs(server_factory, tmp_path):
         assert r.returncode == 0, r.stderr
         assert "server CPU per user flow" in r.stdout
     r = subprocess.run(
-        [BENCH, "fanout", "--url", srv.ws_url("/ws"), "--rooms", "2", "--members", "5", "--rate", "100",
+        [BENCH, "fanout", "--url", srv.ws_url("/ws"), "--rooms", "2", "--members", "5", "--rate", "0",
          "--duration", "0.5", "--label", "stampede", "--json", str(runs / "fanout.json")],
         capture_output=True, text=True, timeout=60,
     )
@@ -185,7 +185,26 @@ def test_report_makes_tables_and_plots_from_real_runs(server_factory, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| stampede | 0.2 | 50 | 0 | 0.00 |" in r.stdout, r.stdout
     assert "| stampede | 0.2 | 150 | 0 | 0.00 |" in r.stdout, r.stdout
-    assert "| stampede | 2 x 5 | 100 |" in r.stdout, r.stdout
+    assert "| stampede | 2 x 5 | max |" in r.stdout, r.stdout
     for png in ("storm-avg.png", "storm-p99.png", "storm-errors.png", "fanout.png"):
         data = (tmp_path / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000, png
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
+def test_fanout_records_a_target_that_cannot_hold_the_members(server_factory, tmp_path):
+    # a server that takes 10 connections: the run fails, and says so in its JSON
+    srv = server_factory("--shards", "1", "--max-connections", "10")
+    out = tmp_path / "fanout.json"
+    r = subprocess.run(
+        [BENCH, "fanout", "--url", srv.ws_url("/ws"), "--rooms", "2", "--members", "10", "--duration", "0.5",
+         "--step-timeout", "3", "--label", "small", "--json", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["failed"].startswith("10 of 20 members subscribed"), doc
+    assert doc["subscribed"] == 10 and sum(doc["subscribe_errors"].values()) == 10, doc
+    rep = subprocess.run([BENCH, "report", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert rep.returncode == 0, rep.stderr
+    assert "| small | 2 x 10 | 1000 | failed: 10 of 20 members subscribed" in rep.stdout, rep.stdout
