@@ -8,6 +8,7 @@
 #   scripts/bench-compare.sh --quick         # a smoke run (~5 min)
 #   scripts/bench-compare.sh --targets "stampede-1core spring"
 #   scripts/bench-compare.sh --targets spring --scenarios fanout   # re-run a part
+#   scripts/bench-compare.sh --report-only   # tables, plots and .md again
 #
 # Writes bench/results/<date>/ (JSON per run, PNG plots, logs) and
 # bench/results/<date>-compare.md (machine, versions, commands, tables).
@@ -28,8 +29,9 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --targets) TARGETS="$2"; shift ;;
     --scenarios) SCENARIOS="$2"; shift ;;
+    --report-only) TARGETS="" ;;
     --date) DATE="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -180,7 +182,7 @@ for t in $TARGETS; do
   STORM_EXTRA=""
   start_target "$t"
   warm_up "$t"
-  echo "- $t: $URL, $SCENARIOS run $(date -u +%FT%TZ)" >>"$OUT/targets/$t.txt"
+  echo "- $t: $URL, $SCENARIOS run $(date -u +%FT%TZ), stampede $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench/src || echo '+local changes')" >>"$OUT/targets/$t.txt"
   has storm && for ramp in 1 0; do
     for n in $STORM_USERS; do
       fresh "$t"
@@ -237,7 +239,7 @@ MD="bench/results/$DATE-compare.md"
   echo
   echo "## Versions"
   echo
-  echo "- stampede $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)'), rustc $(rustc --version | cut -d' ' -f2)"
+  echo "- stampede: the commit of each run is in Targets; rustc $(rustc --version | cut -d' ' -f2)"
   if [ -f "$OUT/targets/spring.txt" ]; then
     echo "- Spring SimpleBroker baseline: Spring 4.3.30 (Debian libspring-java source), Tomcat $(dpkg-query -W -f '${Version}' libtomcat9-java 2>/dev/null), $(java -version 2>&1 | head -1), \`-Xmx256m\`, pinned to core 0"
   fi
@@ -249,6 +251,11 @@ MD="bench/results/$DATE-compare.md"
   echo
   cat "$OUT"/targets/*.txt
   echo
+  # Hand-written reading of the run (targets met or missed, profiles).
+  if [ -f "$OUT/notes.md" ]; then
+    cat "$OUT/notes.md"
+    echo
+  fi
   echo "## Results"
   echo
   sed "s#](\([a-z0-9-]*\.png\))#]($DATE/\1)#" "$OUT/tables.md"

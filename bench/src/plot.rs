@@ -166,12 +166,12 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
         ));
     }
 
-    md.push_str("\n### fanout: deliveries per second, publish-to-delivery latency\n\n| target | rooms x members | rate msg/s | sent | delivered/s | lost | out of order | p50 ms | p99 ms | server CPU s | generator CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n### fanout: deliveries per second, publish-to-delivery latency\n\n| target | rooms x members | rate msg/s | sent | delivered/s | lost | out of order | members dropped | p50 ms | p99 ms | server CPU s | generator CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let fanouts: Vec<&Value> = by("fanout").collect();
     for d in &fanouts {
         if let Some(why) = d["failed"].as_str() {
             md.push_str(&format!(
-                "| {} | {} x {} | {} | failed: {why} ||||||||\n",
+                "| {} | {} x {} | {} | failed: {why} |||||||||\n",
                 d["label"].as_str().unwrap_or(""),
                 d["rooms"],
                 d["members"],
@@ -184,7 +184,7 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
             continue;
         }
         md.push_str(&format!(
-            "| {} | {} x {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} x {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
             d["label"].as_str().unwrap_or(""),
             d["rooms"],
             d["members"],
@@ -197,6 +197,7 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
             f(&d["deliveries_per_s"]),
             d["lost"],
             d["out_of_order"],
+            dropped(d),
             opt(&d["latency_ms"]["p50"], 2),
             opt(&d["latency_ms"]["p99"], 2),
             opt(&d["cost"]["server_cpu_s"], 2),
@@ -270,6 +271,24 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
         }
     }
     Ok(md)
+}
+
+/// Members the server dropped during a fan-out, and why.
+fn dropped(d: &Value) -> String {
+    let n = d["sessions_dropped"].as_u64().unwrap_or(0);
+    if n == 0 {
+        return "0".into();
+    }
+    let why = d["drop_reasons"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{v} {}", k.trim_start_matches("ERROR frame: ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    format!("{n} ({why})")
 }
 
 const COLORS: [RGBColor; 8] = [
