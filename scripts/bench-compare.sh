@@ -22,7 +22,7 @@ cd "$ROOT"
 
 QUICK=0
 TARGETS="stampede-1core stampede spring rabbitmq"
-SCENARIOS="storm hold fanout"
+SCENARIOS="storm hold fanout send"
 DATE="$(date -u +%F)"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -217,6 +217,18 @@ for t in $TARGETS; do
       $EXTRA $FANOUT_EXTRA
     ensure_alive "$t"
   done
+  # SEND throughput and RECEIPT latency; Spring answers no RECEIPT for a
+  # SEND, so it has nothing to measure here.
+  if has send && [ "$t" != spring ]; then
+    for rate in 0 10000; do
+      fresh "$t"
+      say "$t send at $([ "$rate" = 0 ] && echo 'max' || echo "$rate msg/s")"
+      # shellcheck disable=SC2086
+      bench "$t" "$t-send-$([ "$rate" = 0 ] && echo max || echo "r$rate").json" send --url "$URL" \
+        --publishers 4 --window 64 --rooms 100 --rate "$rate" --duration "$FANOUT_SECS" $EXTRA
+      ensure_alive "$t"
+    done
+  fi
   stop_target "$t"
 done
 

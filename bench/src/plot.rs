@@ -214,7 +214,11 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
                 d["label"].as_str().unwrap_or(""),
                 d["publishers"],
                 d["window"],
-                d["rate"],
+                if f(&d["rate"]) == 0.0 {
+                    "max".to_string()
+                } else {
+                    format!("{:.0}", f(&d["rate"]))
+                },
                 f(&d["receipts_per_s"]),
                 d["missing_receipts"],
                 opt(&d["latency_ms"]["p50"], 2),
