@@ -224,7 +224,6 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
         w.finish().await;
     }
     let cost = start.cost();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     // Deliveries per second from the first publish to the last delivery.
     let deliver_s = (tally.last_ns.saturating_sub(published_ns) as f64 / 1e9).max(publish_s);
     let rate = tally.delivered as f64 / deliver_s;
@@ -241,13 +240,7 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
         tally.dropped,
         tally.drop_reasons,
     );
-    println!(
-        "latency ms: p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        hist.max() as f64 / 1000.0
-    );
+    println!("latency ms: {}", crate::report::latency_line(&hist));
     println!("{}", cost.line());
     let doc = serde_json::json!({
         "scenario": "fanout", "label": args.observe.label, "url": args.endpoint.url,
@@ -260,7 +253,7 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
         "publishers_stopped": stopped,
         "drop_reasons": tally.drop_reasons,
         "deliveries_per_s": rate,
-        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0},
+        "latency_ms": crate::report::latency_json(&hist),
         "cost": cost,
     });
     observe::write_json(&args.observe, &doc)?;
@@ -414,13 +407,7 @@ impl Probe {
                             seen.fetch_add(1, Ordering::Relaxed);
                             moved.notify_one();
                         }
-                        Ok(Some(m)) if m.starts_with(b"ERROR") => {
-                            let msg = std::str::from_utf8(m)
-                                .ok()
-                                .and_then(|f| f.lines().find_map(|l| l.strip_prefix("message:")))
-                                .unwrap_or("");
-                            break format!("ERROR frame: {}", ws::short(msg));
-                        }
+                        Ok(Some(m)) if m.starts_with(b"ERROR") => break ws::error_kind(m),
                         Ok(Some(_)) => {}
                         Ok(None) => break "closed".to_string(),
                         Err(e) => break format!("read: {e}"),
@@ -616,11 +603,7 @@ async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
                         },
                     };
                     if data.starts_with(b"ERROR") {
-                        let msg = std::str::from_utf8(data)
-                            .ok()
-                            .and_then(|f| f.lines().find_map(|l| l.strip_prefix("message:")))
-                            .unwrap_or("");
-                        seen.dropped = Some(format!("ERROR frame: {}", ws::short(msg)));
+                        seen.dropped = Some(ws::error_kind(data));
                         continue;
                     }
                     let Some((seq, sent_ns)) = parse_message(data) else {

@@ -175,11 +175,7 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
                 d["label"].as_str().unwrap_or(""),
                 d["rooms"],
                 d["members"],
-                if f(&d["rate"]) == 0.0 {
-                    "max".to_string()
-                } else {
-                    format!("{:.0}", f(&d["rate"]))
-                },
+                rate_label(d),
             ));
             continue;
         }
@@ -188,11 +184,7 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
             d["label"].as_str().unwrap_or(""),
             d["rooms"],
             d["members"],
-            if f(&d["rate"]) == 0.0 {
-                "max".to_string()
-            } else {
-                format!("{:.0}", f(&d["rate"]))
-            },
+            rate_label(d),
             d["sent"],
             f(&d["deliveries_per_s"]),
             d["lost"],
@@ -214,11 +206,7 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
                 d["label"].as_str().unwrap_or(""),
                 d["publishers"],
                 d["window"],
-                if f(&d["rate"]) == 0.0 {
-                    "max".to_string()
-                } else {
-                    format!("{:.0}", f(&d["rate"]))
-                },
+                rate_label(d),
                 f(&d["receipts_per_s"]),
                 d["missing_receipts"],
                 opt(&d["latency_ms"]["p50"], 2),
@@ -275,6 +263,15 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
         }
     }
     Ok(md)
+}
+
+/// A run's `rate` as shown: `max` for as fast as possible.
+fn rate_label(d: &Value) -> String {
+    if f(&d["rate"]) == 0.0 {
+        "max".to_string()
+    } else {
+        format!("{:.0}", f(&d["rate"]))
+    }
 }
 
 /// Members the server dropped during a fan-out, and why.

@@ -129,6 +129,24 @@ impl Summary {
     }
 }
 
+/// Percentiles of a latency histogram recorded in µs, as printed.
+pub fn latency_line(h: &Histogram<u64>) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        h.max() as f64 / 1000.0
+    )
+}
+
+/// The same percentiles (ms) for the JSON.
+pub fn latency_json(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    serde_json::json!({"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": h.max() as f64 / 1000.0})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,7 +120,6 @@ async fn main(args: &SendArgs) -> Result<i32, String> {
         .max(1e-9);
     let rate = total.receipted as f64 / secs;
     let missing = total.sent - total.receipted;
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "send: {} publishers, window {}, {} rooms, {} B bodies: {} sent, {} receipted in {secs:.2} s ({rate:.0}/s); missing receipts {missing}; errors {:?}",
         args.publishers,
@@ -131,13 +130,7 @@ async fn main(args: &SendArgs) -> Result<i32, String> {
         total.receipted,
         total.errors
     );
-    println!(
-        "receipt latency ms: p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        hist.max() as f64 / 1000.0
-    );
+    println!("receipt latency ms: {}", crate::report::latency_line(&hist));
     println!("{}", cost.line());
     let doc = serde_json::json!({
         "scenario": "send", "label": args.observe.label, "url": args.endpoint.url,
@@ -145,7 +138,7 @@ async fn main(args: &SendArgs) -> Result<i32, String> {
         "rate": args.rate, "body_size": args.body_size, "duration_s": args.duration,
         "sent": total.sent, "receipted": total.receipted, "missing_receipts": missing,
         "errors": total.errors, "receipts_per_s": rate,
-        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0},
+        "latency_ms": crate::report::latency_json(&hist),
         "cost": cost,
     });
     observe::write_json(&args.observe, &doc)?;
@@ -194,13 +187,7 @@ async fn publisher(
                     }
                 };
                 if data.starts_with(b"ERROR") {
-                    let msg = std::str::from_utf8(data)
-                        .ok()
-                        .and_then(|f| f.lines().find_map(|l| l.strip_prefix("message:")))
-                        .unwrap_or("");
-                    *o.errors
-                        .entry(format!("ERROR frame: {}", ws::short(msg)))
-                        .or_default() += 1;
+                    *o.errors.entry(ws::error_kind(data)).or_default() += 1;
                     break;
                 }
                 let Some(id) = receipt_id(data) else { continue };

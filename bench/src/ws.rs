@@ -166,15 +166,19 @@ where
             return Ok(());
         }
         if frame.starts_with(b"ERROR") {
-            // The `message` header names the cause (stable wording, so it
-            // still groups errors by kind).
-            let message = std::str::from_utf8(frame)
-                .ok()
-                .and_then(|f| f.lines().find_map(|l| l.strip_prefix("message:")))
-                .unwrap_or("");
-            return Err(format!("ERROR frame: {}", short(message)));
+            return Err(error_kind(frame));
         }
     }
+}
+
+/// An ERROR frame as an error kind: its `message` header names the cause
+/// (stable wording, so it still groups errors by kind).
+pub fn error_kind(frame: &[u8]) -> String {
+    let message = std::str::from_utf8(frame)
+        .ok()
+        .and_then(|f| f.lines().find_map(|l| l.strip_prefix("message:")))
+        .unwrap_or("");
+    format!("ERROR frame: {}", short(message))
 }
 
 /// Error kinds are counted, so keep them short and free of per-user detail.
