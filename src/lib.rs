@@ -8,6 +8,8 @@
 //! - `session`  — what each STOMP frame does for one connection.
 //! - `router`   — rooms: ownership by hash, sequencing, local subscriber index.
 //! - `shard`    — one pinned glommio executor: accept, mesh, fan-out, timers.
+//! - `store`    — SQLite history: schema and migrations, the group-commit writer
+//!   thread (issue 4; not yet on the message path).
 //!
 //! See `ARCHITECTURE.md` for the message flow and who owns what.
 
@@ -17,4 +19,5 @@ pub mod router;
 pub mod session;
 pub mod shard;
 pub mod stomp;
+pub mod store;
 pub mod ws;

@@ -93,7 +93,11 @@ def test_fanout_delivers_everything_in_order(server_factory, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
 def test_fanout_over_worker_processes_as_fast_as_possible(server_factory, tmp_path):
-    srv = server_factory("--shards", "2")
+    # The probe window paces publishers to what a probe member takes; when
+    # the test machine starves a worker process its members can still fall
+    # behind, and the default 1 MiB outbound limit would (rightly) drop
+    # them. This test is about the harness, so give members room.
+    srv = server_factory("--shards", "2", "--max-outbound-bytes", str(256 << 20))
     out = tmp_path / "fanout.json"
     r = subprocess.run(
         [BENCH, "fanout", "--url", srv.ws_url("/ws"), "--rooms", "6", "--members", "20", "--publishers", "3",
@@ -163,7 +167,9 @@ def test_send_reports_server_errors(server_factory, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(BENCH), reason="stampede-bench not built")
 def test_report_makes_tables_and_plots_from_real_runs(server_factory, tmp_path):
-    srv = server_factory("--shards", "2")
+    # (outbound limit raised as in the fan-out test above: a starved worker
+    # must not turn this report test into a slow-consumer test)
+    srv = server_factory("--shards", "2", "--max-outbound-bytes", str(256 << 20))
     runs = tmp_path / "json"
     runs.mkdir()
     for users in ("50", "150"):

@@ -1,0 +1,211 @@
+//! Durable chat history in SQLite (issue 4): one database under
+//! `--data-dir`, WAL mode, schema versioned by `PRAGMA user_version` and
+//! migrated at start-up, and one writer thread that commits what the owner
+//! shards hand it in batches (group commit).
+//!
+//! Nothing here runs on a shard: shards only `try_send` into the writer's
+//! bounded channel and get commit results back as messages.
+
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use thiserror::Error;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "stampede.db";
+
+/// What a commit survives, mapped to SQLite's `synchronous`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=FULL`: the WAL is fsynced at every commit; a committed
+    /// (receipted) message survives a crash of the process *and* of the
+    /// machine (power loss).
+    Full,
+    /// `synchronous=NORMAL`: fsync at checkpoints only; survives a crash of
+    /// the process (`kill -9`), may lose the last commits on power loss.
+    Normal,
+    /// `synchronous=OFF`: no fsync at all; survives a crash of the process,
+    /// power loss may lose recent commits or corrupt the database.
+    Off,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+            Durability::Off => "OFF",
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database schema version {found} is newer than this binary knows ({known}); refusing to touch it"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The schema, one step per version; `MIGRATIONS[i]` takes the database
+/// from version `i` to `i + 1`. Never edit a released step: add one.
+const MIGRATIONS: &[&str] = &[
+    // 1: messages, rooms, room members and device tokens.
+    "CREATE TABLE rooms (
+        room        TEXT PRIMARY KEY,
+        last_seq    INTEGER NOT NULL,
+        created_ms  INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE messages (
+        room        TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        message_id  TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        ts_ms       INTEGER NOT NULL,
+        headers     TEXT NOT NULL,   -- user headers of the SEND, JSON object
+        body        BLOB NOT NULL,
+        PRIMARY KEY (room, seq)
+     ) WITHOUT ROWID;
+     CREATE INDEX messages_ts ON messages (ts_ms);
+     CREATE TABLE room_members (
+        room        TEXT NOT NULL,
+        user        TEXT NOT NULL,
+        added_ms    INTEGER NOT NULL,
+        PRIMARY KEY (room, user)
+     ) WITHOUT ROWID;
+     CREATE TABLE devices (
+        user        TEXT NOT NULL,
+        token       TEXT NOT NULL,
+        added_ms    INTEGER NOT NULL,
+        PRIMARY KEY (user, token)
+     ) WITHOUT ROWID;",
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Open (creating if needed) the database in `dir`, in WAL mode with the
+/// given durability, and bring its schema up to date.
+pub fn open(dir: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let path = dir.join(DB_FILE);
+    let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    // A reader never blocks the writer in WAL mode; a writer that finds
+    // the database busy (a checkpoint) waits this long instead of failing.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", durability.pragma())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Apply every migration step past the database's `user_version`, each in
+/// its own transaction together with the version bump.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (v, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", v as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The last stored seq of `room` (0 if it has none).
+pub fn last_seq(conn: &Connection, room: &str) -> Result<u64, StoreError> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT last_seq FROM rooms WHERE room = ?1",
+            params![room],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "stampede-store-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn creates_schema_in_wal_mode_and_reopens() {
+        let dir = tmp();
+        let c = open(&dir, Durability::Full).unwrap();
+        let mode: String = c
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = c
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL");
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        for t in ["messages", "rooms", "room_members", "devices"] {
+            let n: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE type='table' AND name=?1",
+                    [t],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{t}");
+        }
+        assert_eq!(last_seq(&c, "lobby").unwrap(), 0);
+        drop(c);
+        // Reopening applies nothing again and keeps the data.
+        let c = open(&dir, Durability::Normal).unwrap();
+        let sync: i64 = c
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "NORMAL");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tmp();
+        let c = open(&dir, Durability::Off).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(c);
+        let err = open(&dir, Durability::Off).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
