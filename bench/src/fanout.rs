@@ -8,7 +8,7 @@
 //! works with any broker (only stampede numbers messages with `x-seq`).
 //!
 //! Worker protocol (lines on stdout, see `workers`): progress while
-//! subscribing, a [`Ready`] line, then the parent writes a [`Published`]
+//! subscribing, an [`Opened`] line, then the parent writes a [`Published`]
 //! line to stdin; progress while deliveries arrive, then a [`Tally`] line.
 
 use std::collections::BTreeMap;
@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::observe::{self, Observe};
 use crate::rawws::RawReader;
-use crate::workers::{self, Bar, Workers};
+use crate::workers::{self, Bar, Opened, Workers};
 use crate::ws;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -84,13 +84,6 @@ pub struct FanoutArgs {
     pub observe: Observe,
 }
 
-/// A worker's members are subscribed.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Ready {
-    subscribed: usize,
-    errors: BTreeMap<String, u64>,
-}
-
 /// The parent's word to the workers once publishing ended.
 #[derive(Debug, Serialize, Deserialize)]
 struct Published {
@@ -148,15 +141,11 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
     let start = observe::Start::now(args.observe.server_pid);
     let mut workers = Workers::spawn(n)?;
     let bar = Bar::new(n, sessions as u64, "subscribed");
-    let mut ready = Ready::default();
+    let mut ready = Opened::default();
     for p in workers::payloads(&mut workers, &bar).await? {
-        let r: Ready = serde_json::from_str(&p).map_err(|e| format!("worker: {e}"))?;
-        ready.subscribed += r.subscribed;
-        for (k, v) in r.errors {
-            *ready.errors.entry(k).or_default() += v;
-        }
+        ready.merge(serde_json::from_str(&p).map_err(|e| format!("worker: {e}"))?);
     }
-    if ready.subscribed != sessions {
+    if ready.established != sessions {
         // A result too: the target could not hold this many members.
         bar.done();
         for w in workers {
@@ -164,12 +153,12 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
         }
         let why = format!(
             "{} of {sessions} members subscribed; errors {:?}",
-            ready.subscribed, ready.errors
+            ready.established, ready.errors
         );
         let doc = serde_json::json!({
             "scenario": "fanout", "label": args.observe.label, "url": args.endpoint.url,
             "rooms": args.rooms, "members": args.members, "rate": args.rate,
-            "failed": why, "subscribed": ready.subscribed, "subscribe_errors": ready.errors,
+            "failed": why, "subscribed": ready.established, "subscribe_errors": ready.errors,
             "cost": start.cost(),
         });
         observe::write_json(&args.observe, &doc)?;
@@ -523,45 +512,26 @@ impl Latencies {
 async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
     let sessions = args.rooms * args.members;
     let run_id = run_id(args);
+    let slice = (index..sessions).step_by(n);
     let (addr, src) = match ws::resolve(&args.endpoint.url, index) {
         Ok(x) => x,
         Err(e) => {
-            let mut r = Ready::default();
-            r.errors
-                .insert(e, (index..sessions).step_by(n).count() as u64);
+            let r = Opened::all_failed(e, slice.count());
             println!("{}", serde_json::to_string(&r).expect("json"));
             return 2;
         }
     };
 
     // Subscribe our slice over the ramp-up.
-    let opened = Arc::new(AtomicU64::new(0));
-    let progress = workers::report_progress(opened.clone());
-    let t0 = tokio::time::Instant::now();
-    let mut tasks = Vec::new();
-    for i in (index..sessions).step_by(n) {
-        let room = i % args.rooms;
-        let offset = Duration::from_secs_f64(args.ramp_up * i as f64 / sessions.max(1) as f64);
+    let (members, ready) = workers::open_slice(slice, sessions, args.ramp_up, |i| {
         let args = args.clone();
-        let opened = opened.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(t0 + offset).await;
-            let r = member(&args, &[room_dest(run_id, room)], addr, src).await;
-            opened.fetch_add(1, Ordering::Relaxed);
-            r.map(|reader| (room, reader))
-        }));
-    }
-    let mut members = Vec::new();
-    let mut ready = Ready::default();
-    for t in tasks {
-        match t.await {
-            Ok(Ok(m)) => members.push(m),
-            Ok(Err(e)) => *ready.errors.entry(e).or_default() += 1,
-            Err(e) => *ready.errors.entry(format!("task: {e}")).or_default() += 1,
+        let room = i % args.rooms;
+        async move {
+            let reader = member(&args, &[room_dest(run_id, room)], addr, src).await?;
+            Ok((room, reader))
         }
-    }
-    progress.abort();
-    ready.subscribed = members.len();
+    })
+    .await;
     println!("{}", serde_json::to_string(&ready).expect("json"));
 
     // Read deliveries until told to stop.

@@ -4,16 +4,13 @@
 //! Workers open their slice, report `{"established":…,"errors":{…}}` as one
 //! JSON line, then hold every socket until the parent closes their stdin.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::workers::{Opened, open_slice};
 use crate::ws::{self, Ws};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -41,53 +38,24 @@ pub struct HoldArgs {
     pub step_timeout: f64,
 }
 
-/// What a worker reports once its sessions are open.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Opened {
-    pub established: usize,
-    pub errors: BTreeMap<String, u64>,
-}
-
 /// Worker: open the slice, report, hold until stdin closes.
 pub async fn worker(args: &HoldArgs, index: usize, workers: usize) {
     let limit = Duration::from_secs_f64(args.step_timeout);
-    let mut report = Opened::default();
+    let slice = (index..args.sessions).step_by(workers);
     let (addr, src) = match ws::resolve(&args.endpoint.url, index) {
         Ok(x) => x,
         Err(e) => {
-            report
-                .errors
-                .insert(e, (index..args.sessions).step_by(workers).count() as u64);
-            println!("{}", serde_json::to_string(&report).unwrap());
+            let report = Opened::all_failed(e, slice.count());
+            println!("{}", serde_json::to_string(&report).expect("json"));
             return;
         }
     };
-    let start = tokio::time::Instant::now();
-    let opened = Arc::new(AtomicU64::new(0));
-    let progress = crate::workers::report_progress(opened.clone());
-    let mut tasks = Vec::new();
-    for i in (index..args.sessions).step_by(workers) {
-        let offset = Duration::from_secs_f64(args.ramp_up * i as f64 / args.sessions.max(1) as f64);
+    let (held, report) = open_slice(slice, args.sessions, args.ramp_up, |i| {
         let args = args.clone();
-        let opened = opened.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(start + offset).await;
-            let r = open_session(i, &args, addr, src, limit).await;
-            opened.fetch_add(1, Ordering::Relaxed);
-            r
-        }));
-    }
-    let mut held: Vec<Ws> = Vec::new();
-    for t in tasks {
-        match t.await {
-            Ok(Ok(ws)) => held.push(ws),
-            Ok(Err(kind)) => *report.errors.entry(kind).or_default() += 1,
-            Err(e) => *report.errors.entry(format!("task: {e}")).or_default() += 1,
-        }
-    }
-    progress.abort();
-    report.established = held.len();
-    println!("{}", serde_json::to_string(&report).unwrap());
+        async move { open_session(i, &args, addr, src, limit).await }
+    })
+    .await;
+    println!("{}", serde_json::to_string(&report).expect("json"));
     // Hold until the parent closes our stdin.
     let mut sink = [0u8; 16];
     let mut stdin = tokio::io::stdin();

@@ -190,7 +190,7 @@ async fn run_hold(args: hold::HoldArgs) -> i32 {
     let bar = Bar::new(n, args.sessions as u64, "sessions");
     let payloads = workers::payloads(&mut workers, &bar).await;
     bar.done();
-    let mut total = hold::Opened::default();
+    let mut total = workers::Opened::default();
     for p in match payloads {
         Ok(p) => p,
         Err(e) => {
@@ -198,13 +198,8 @@ async fn run_hold(args: hold::HoldArgs) -> i32 {
             return 2;
         }
     } {
-        match serde_json::from_str::<hold::Opened>(&p) {
-            Ok(o) => {
-                total.established += o.established;
-                for (k, n) in o.errors {
-                    *total.errors.entry(k).or_default() += n;
-                }
-            }
+        match serde_json::from_str::<workers::Opened>(&p) {
+            Ok(o) => total.merge(o),
             Err(e) => {
                 eprintln!("worker sent no report: {e}");
                 return 2;

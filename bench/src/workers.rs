@@ -7,6 +7,8 @@
 //! payload lines (JSON) that the parent reads with [`Worker::payload`].
 //! Workers that must wait for the parent read their stdin.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
@@ -181,4 +184,74 @@ pub fn report_progress(count: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
+}
+
+/// What a worker reports once its slice of sessions is open.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Opened {
+    pub established: usize,
+    /// Sessions that could not be opened, by error kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Opened {
+    /// Every session of a slice failed the same way (before any opened).
+    pub fn all_failed(kind: String, n: usize) -> Opened {
+        Opened {
+            established: 0,
+            errors: BTreeMap::from([(kind, n as u64)]),
+        }
+    }
+
+    /// Add another worker's report.
+    pub fn merge(&mut self, other: Opened) {
+        self.established += other.established;
+        for (k, n) in other.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+    }
+}
+
+/// In a worker: open session `i` for every `i` of `slice` with `open`,
+/// each started `ramp_up * i / total` seconds from now, printing progress;
+/// the sessions that opened, and the tally.
+pub async fn open_slice<T, F, Fut>(
+    slice: impl Iterator<Item = usize>,
+    total: usize,
+    ramp_up: f64,
+    open: F,
+) -> (Vec<T>, Opened)
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<T, String>> + Send + 'static,
+{
+    let opened = Arc::new(AtomicU64::new(0));
+    let progress = report_progress(opened.clone());
+    let t0 = tokio::time::Instant::now();
+    let tasks: Vec<_> = slice
+        .map(|i| {
+            let offset = Duration::from_secs_f64(ramp_up * i as f64 / total.max(1) as f64);
+            let session = open(i);
+            let opened = opened.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(t0 + offset).await;
+                let r = session.await;
+                opened.fetch_add(1, Ordering::Relaxed);
+                r
+            })
+        })
+        .collect();
+    let mut sessions = Vec::new();
+    let mut tally = Opened::default();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(s)) => sessions.push(s),
+            Ok(Err(kind)) => *tally.errors.entry(kind).or_default() += 1,
+            Err(e) => *tally.errors.entry(format!("task: {e}")).or_default() += 1,
+        }
+    }
+    progress.abort();
+    tally.established = sessions.len();
+    (sessions, tally)
 }

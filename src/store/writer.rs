@@ -144,16 +144,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     fn tmp() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "stampede-writer-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::store::test_dir("writer")
     }
 
     fn msg(room: &str, seq: u64, tag: u64) -> Persist<u64> {
