@@ -8,7 +8,8 @@
 
 use std::time::Instant;
 
-use stampede::store::writer::{Committed, Persist, spawn};
+use stampede::router::{Draft, Sequenced};
+use stampede::store::writer::{Committed, Item, spawn};
 use stampede::store::{Durability, open};
 
 const MESSAGES: u64 = 200_000;
@@ -28,17 +29,17 @@ fn run(durability: Durability, max_batch: usize) {
     for i in 0..MESSAGES {
         let room = i % ROOMS;
         let seq = i / ROOMS + 1;
-        tx.send(Persist {
-            room: format!("room-{room}"),
+        let msg = Sequenced {
+            draft: Draft {
+                room: format!("room-{room}").into(),
+                sender: "alice".into(),
+                headers: vec![("content-type".into(), "text/plain".into())],
+                body: body.clone().into(),
+            },
             seq,
-            message_id: format!("room-{room}:{seq}"),
-            sender: "alice".into(),
-            ts_ms: 1_700_000_000_000 + i,
-            headers_json: r#"{"content-type":"text/plain"}"#.into(),
-            body: body.clone(),
-            tag: i,
-        })
-        .expect("writer alive");
+            timestamp_ms: 1_700_000_000_000 + i,
+        };
+        tx.send(Item::msg(msg, i)).expect("writer alive");
     }
     drop(tx);
     let stats = handle.join().expect("writer");

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::Parser;
+
+pub use crate::store::Durability;
 use serde::Deserialize;
 
 /// Where a listener binds, or `off`.
@@ -174,6 +176,46 @@ settings! {
     /// wake-ups from plain threads. 100 ms (glommio's default) delays such
     /// results by up to that; 2 ms keeps them around a millisecond.
     preempt_timer_ms: u64 = 2, env "STAMPEDE_PREEMPT_TIMER_MS", default_help "2";
+    /// Store every message in SQLite (`<data-dir>/stampede.db`): history,
+    /// replay and durable RECEIPTs. `false` keeps nothing: RECEIPTs mean
+    /// "sequenced", `x-seq` restarts at 1, replay and the history API are
+    /// refused.
+    persist: bool = true, env "STAMPEDE_PERSIST", default_help "true";
+    /// What a RECEIPT (a committed message) survives. `full`: the write-ahead
+    /// log is fsynced at every commit; survives a process crash and power
+    /// loss. `normal`: fsync at checkpoints only; survives `kill -9`, may
+    /// lose the last commits on power loss. `off`: no fsync; survives
+    /// `kill -9` only.
+    durability: Durability = Durability::Full, env "STAMPEDE_DURABILITY", default_help "full";
+    /// Messages queued for the SQLite writer (all shards together). When it
+    /// is full, owner shards hold what they sequence and stop reading from
+    /// publishing connections until it drains. 65,536 is a few hundred ms of
+    /// the writer's peak rate: enough to ride out a slow fsync or checkpoint.
+    persist_queue: usize = 65_536, env "STAMPEDE_PERSIST_QUEUE", default_help "65536";
+    /// Most messages the writer commits in one transaction (group commit:
+    /// it takes whatever has queued, up to this). One fsync covers a batch;
+    /// bigger batches raise throughput, and a batch is only as big as what
+    /// queued while the previous one was being written.
+    persist_batch: usize = 4096, env "STAMPEDE_PERSIST_BATCH", default_help "4096";
+    /// Reader threads for replays and the history API (each has its own
+    /// read-only SQLite connection; WAL readers never block the writer).
+    read_threads: usize = 2, env "STAMPEDE_READ_THREADS", default_help "2";
+    /// Read jobs (replay pages, history requests) that may wait for a reader.
+    /// Beyond it a history request gets 503 and a replay an ERROR, instead
+    /// of a queue that grows without bound.
+    read_queue: usize = 1024, env "STAMPEDE_READ_QUEUE", default_help "1024";
+    /// Messages per replay page. The next page is read when the subscriber's
+    /// output buffer has drained below half of `max_outbound_bytes`, so a
+    /// replay of any length never makes a slow consumer of its subscriber.
+    replay_page: usize = 500, env "STAMPEDE_REPLAY_PAGE", default_help "500";
+    /// Delete stored messages older than this many days (0 = keep all).
+    /// Sequence numbers are kept: a room continues after its last seq.
+    retention_days: u64 = 0, env "STAMPEDE_RETENTION_DAYS", default_help "0 = keep all";
+    /// Keep at most this many stored messages per room (0 = keep all).
+    retention_per_room: u64 = 0, env "STAMPEDE_RETENTION_PER_ROOM", default_help "0 = keep all";
+    /// Seconds between retention passes (each pass deletes in chunks of
+    /// 10,000 rows, in step with the writer's commits).
+    retention_interval_s: u64 = 60, env "STAMPEDE_RETENTION_INTERVAL_S", default_help "60";
 }
 
 /// Parse flags and env, read the `--config` file if any, and resolve.
@@ -222,6 +264,16 @@ impl Config {
         at_least(self.mesh_capacity, 2, "mesh_capacity")?;
         at_least(self.io_memory_kib, 512, "io_memory_kib")?;
         at_least(self.preempt_timer_ms as usize, 1, "preempt_timer_ms")?;
+        at_least(self.persist_queue, 16, "persist_queue")?;
+        at_least(self.persist_batch, 1, "persist_batch")?;
+        at_least(self.read_threads, 1, "read_threads")?;
+        at_least(self.read_queue, 16, "read_queue")?;
+        at_least(self.replay_page, 1, "replay_page")?;
+        at_least(
+            self.retention_interval_s as usize,
+            1,
+            "retention_interval_s",
+        )?;
         if self.shards > 1024 {
             return Err(format!("shards must be at most 1024 (got {})", self.shards));
         }

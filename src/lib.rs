@@ -13,6 +13,7 @@
 //!
 //! See `ARCHITECTURE.md` for the message flow and who owns what.
 
+pub mod api;
 pub mod config;
 pub mod conn;
 pub mod router;

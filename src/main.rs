@@ -6,8 +6,13 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use stampede::config;
-use stampede::shard::start::{Listeners, start};
+use stampede::conn::out::CLOSE_FLUSH_TIMEOUT;
+use stampede::shard::External;
+use stampede::shard::start::{Listeners, Running, start};
 use tracing::{error, info};
 
 #[global_allocator]
@@ -109,7 +114,7 @@ fn main() -> ExitCode {
         listeners.http_addr
     );
     let http_addr = listeners.http_addr;
-    let handles = match start(&cfg, listeners) {
+    let running = match start(&cfg, listeners) {
         Ok(h) => h,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => restart_after_stall(&e),
         Err(e) => {
@@ -137,7 +142,68 @@ fn main() -> ExitCode {
     if let Some(sig) = signals.forever().next() {
         info!(signal = sig, "shutting down");
     }
-    drop(handles);
+    // A second signal while draining: stop at once.
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            error!("second signal: exiting without finishing the shutdown");
+            std::process::exit(1);
+        }
+    });
+    shutdown(&running);
     drop(lock);
     ExitCode::SUCCESS
+}
+
+/// How long the shutdown waits for everything queued to be committed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Graceful shutdown: every shard stops accepting and reading; once every
+/// message handed to the writer is committed (and its RECEIPT queued),
+/// every client is closed with "going away"; then we exit.
+fn shutdown(running: &Running) {
+    let n = running.shards.len();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for s in running.shards.iter() {
+        s.send(External::Stop {
+            flushed: tx.clone(),
+        });
+    }
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let mut flushed = 0;
+    while flushed < n {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(_) => flushed += 1,
+            Err(_) => {
+                error!(
+                    "shutdown: {} of {n} shards could not hand over everything within {} s",
+                    n - flushed,
+                    DRAIN_TIMEOUT.as_secs()
+                );
+                break;
+            }
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for s in running.shards.iter() {
+        s.send(External::Close { closed: tx.clone() });
+    }
+    let deadline = Instant::now() + CLOSE_FLUSH_TIMEOUT + Duration::from_millis(500);
+    for _ in 0..n {
+        if rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            break;
+        }
+    }
+    if let Some(w) = &running.writer {
+        info!(
+            messages = w.messages.load(Ordering::Relaxed),
+            batches = w.batches.load(Ordering::Relaxed),
+            largest_batch = w.largest_batch.load(Ordering::Relaxed),
+            failed_batches = w.failed_batches.load(Ordering::Relaxed),
+            "stored"
+        );
+    }
+    info!("stopped");
 }

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use crate::conn::{ConnRef, ConnToken, Out};
 use crate::router::message::RESERVED_HEADERS;
 use crate::router::{AckMode, Draft, room_of};
-use crate::shard::Shard;
+use crate::shard::{Confirm, ReplayFrom, Shard};
 use crate::stomp::frame::{Command, Escaping, Frame, Version, escape_into};
 use crate::ws::framing::CloseCode;
 
@@ -111,6 +111,10 @@ pub struct Session {
     /// A DISCONNECT waiting for those receipts: its own receipt (if any)
     /// and the time after which we close regardless.
     pub disconnect: Option<(Option<Box<str>>, std::time::Instant)>,
+    /// COMMITs whose RECEIPT waits until all their SENDs are stored:
+    /// (group, SENDs not yet stored, the COMMIT's receipt).
+    groups: Vec<(u32, usize, Box<str>)>,
+    next_group: u32,
 }
 
 impl Default for Session {
@@ -127,6 +131,8 @@ impl Default for Session {
             hb_recv_ms: 0,
             outstanding_receipts: 0,
             disconnect: None,
+            groups: Vec::new(),
+            next_group: 0,
         }
     }
 }
@@ -155,6 +161,26 @@ impl Session {
         if self.outstanding_receipts == 0 {
             self.finish_disconnect(out);
         }
+    }
+
+    /// One SEND of transaction group `group` is stored; after the last,
+    /// RECEIPT the COMMIT.
+    pub fn group_part_done(&mut self, group: u32, out: &mut Out) {
+        let Some(i) = self.groups.iter().position(|g| g.0 == group) else {
+            return;
+        };
+        self.groups[i].1 -= 1;
+        if self.groups[i].1 == 0 {
+            let (_, _, receipt) = self.groups.swap_remove(i);
+            self.receipt(out, Some(&receipt));
+            self.receipt_delivered(out);
+        }
+    }
+
+    /// Forget group `group` (it failed); its COMMIT's receipt, for the ERROR.
+    pub fn take_group(&mut self, group: u32) -> Option<Box<str>> {
+        let i = self.groups.iter().position(|g| g.0 == group)?;
+        Some(self.groups.swap_remove(i).2)
     }
 
     /// Answer a waiting DISCONNECT and close.
@@ -201,11 +227,13 @@ impl Session {
                     return Ok(());
                 }
                 let draft = self.draft(f)?;
-                // RECEIPT follows once the owner shard sequenced it.
+                // RECEIPT follows once the message is stored (or, with
+                // persistence off, once the owner shard sequenced it).
                 if receipt.is_some() {
                     self.outstanding_receipts += 1;
                 }
-                cx.shard.publish(draft, cx.token, receipt.map(Into::into));
+                cx.shard
+                    .publish(draft, cx.token, receipt.map(|r| Confirm::Receipt(r.into())));
                 Ok(())
             }
             Command::Subscribe => self.subscribe(f, out, cx),
@@ -273,13 +301,33 @@ impl Session {
                         }
                     });
                 }
+                // A COMMIT's RECEIPT confirms its SENDs like a SEND's own:
+                // once all of them are stored.
+                let sends = steps
+                    .iter()
+                    .filter(|s| matches!(s, Step::Publish(_)))
+                    .count();
+                let group = match receipt {
+                    Some(r) if sends > 0 && cx.shard.persistent() => {
+                        let g = self.next_group;
+                        self.next_group = self.next_group.wrapping_add(1);
+                        self.groups.push((g, sends, r.into()));
+                        self.outstanding_receipts += 1;
+                        Some(g)
+                    }
+                    _ => None,
+                };
                 for step in steps {
                     match step {
-                        Step::Publish(draft) => cx.shard.publish(draft, cx.token, None),
+                        Step::Publish(draft) => {
+                            cx.shard.publish(draft, cx.token, group.map(Confirm::Group))
+                        }
                         Step::Ack(idx, seq) => self.ack_apply(idx, seq),
                     }
                 }
-                self.receipt(out, receipt);
+                if group.is_none() {
+                    self.receipt(out, receipt);
+                }
                 Ok(())
             }
             Command::Abort => {
@@ -426,6 +474,13 @@ impl Session {
                 format!("at most {max} subscriptions per connection"),
             ));
         }
+        let replay = replay_from(f)?;
+        if replay.is_some() && !cx.shard.persistent() {
+            return Err(StompError::protocol(
+                "history is disabled",
+                "x-since-seq and x-replay-last need stored messages; this server runs with --persist false",
+            ));
+        }
         let n = self.next_sub_n;
         self.next_sub_n = self.next_sub_n.wrapping_add(1);
         let mut prefix = b"subscription:".to_vec();
@@ -440,9 +495,11 @@ impl Session {
                 prefix: prefix.into(),
                 mode,
                 version: self.version,
+                replay: replay.map(|_| Box::default()),
             },
             cx.token,
             receipt,
+            replay,
         );
         // Most clients hold one or two subscriptions: grow one at a time
         // rather than by doubling (idle memory per session is a headline).
@@ -666,6 +723,32 @@ fn bad_destination(dest: &str) -> StompError {
             "destinations are /topic/<room> with a room of 1-128 characters from A-Z a-z 0-9 _ . ~ -; got '{dest}'"
         ),
     )
+}
+
+/// The replay a SUBSCRIBE asks for: `x-since-seq:N` (every stored message
+/// after seq N) or `x-replay-last:K` (the last K), not both.
+fn replay_from(f: &Frame<'_>) -> Result<Option<ReplayFrom>, StompError> {
+    let num = |name: &str| -> Result<Option<u64>, StompError> {
+        f.header(name)
+            .map(|v| {
+                v.trim().parse::<u64>().map_err(|_| {
+                    StompError::protocol(
+                        format!("invalid {name} header"),
+                        format!("{name} must be a non-negative integer, got '{v}'"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    match (num("x-since-seq")?, num("x-replay-last")?) {
+        (Some(_), Some(_)) => Err(StompError::protocol(
+            "conflicting replay headers",
+            "use either x-since-seq or x-replay-last, not both",
+        )),
+        (Some(n), None) => Ok(Some(ReplayFrom::Since(n))),
+        (None, Some(k)) => Ok(Some(ReplayFrom::Last(k))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// `cx,cy` as two integers of milliseconds.

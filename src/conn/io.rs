@@ -82,7 +82,7 @@ pub async fn run(shard: Rc<Shard>, conn: ConnRef, mut stream: TcpStream, mut inb
             hand_off(&shard, &stream, h);
             break;
         }
-        if shard.peers_congested() {
+        if shard.peers_congested() || shard.persist_congested() {
             shard.pause(&conn);
         }
     }
@@ -167,6 +167,7 @@ fn on_bytes(shard: &Shard, me: &ConnRef, data: &mut [u8]) -> Option<Handoff> {
     }
     match c.phase {
         Phase::Http => return http_bytes(shard, me, c, data),
+        Phase::HttpWait => {}
         Phase::Ws => ws_bytes(shard, me, c, data),
         Phase::Stomp => stomp_bytes(shard, me, c, data),
     }
@@ -200,7 +201,19 @@ fn http_bytes(shard: &Shard, me: &ConnRef, c: &mut Conn, data: &mut [u8]) -> Opt
         }
     };
     match req {
-        Request::Plain { method, path } => {
+        Request::Plain {
+            method,
+            path,
+            query,
+        } => {
+            c.inbuf = Vec::new();
+            if path.starts_with(crate::api::ROOMS_PREFIX) {
+                match crate::api::rooms(shard, c.token, &method, &path, query.as_deref()) {
+                    Some(resp) => c.out.http(&resp),
+                    None => c.phase = Phase::HttpWait,
+                }
+                return None;
+            }
             let resp = match (method.as_str(), path.as_str()) {
                 ("GET", "/healthz") => http_response("200 OK", "text/plain", b"ok\n"),
                 (_, "/ws") => http_response(

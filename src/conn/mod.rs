@@ -35,6 +35,9 @@ pub struct ConnToken {
 pub enum Phase {
     /// `--listen` before the upgrade: collecting the HTTP request head.
     Http,
+    /// A plain HTTP request waiting for its answer from the reader pool
+    /// (the history API); further input is ignored.
+    HttpWait,
     /// WebSocket frames carrying STOMP.
     Ws,
     /// Plain STOMP over TCP.

@@ -67,6 +67,17 @@ pub struct Subscriber {
     pub prefix: Box<[u8]>,
     pub mode: AckMode,
     pub version: Version,
+    /// Set while a replay (`x-since-seq`, `x-replay-last`) is being sent:
+    /// live messages wait here until it ends.
+    pub replay: Option<Box<ReplayHold>>,
+}
+
+/// Live messages held back while a subscription's replay is sent.
+#[derive(Default)]
+pub struct ReplayHold {
+    pub held: Vec<Sequenced>,
+    /// Bytes of bodies and headers held (bounded by `max_outbound_bytes`).
+    pub bytes: usize,
 }
 
 /// Subscribers of one room on this shard.
@@ -77,16 +88,18 @@ pub struct LocalRoom {
 
 /// State the owner shard keeps per room.
 pub struct OwnedRoom {
-    /// The sequence number the next message gets.
-    pub next_seq: u64,
+    /// The sequence number the next message gets; `None` until the last
+    /// stored one has been read (the room's messages wait meanwhile).
+    pub next_seq: Option<u64>,
     /// Which other shards currently have subscribers (indexed by shard).
     pub remote: Vec<bool>,
 }
 
 impl OwnedRoom {
-    pub fn new(shards: usize) -> OwnedRoom {
+    /// `next_seq` is `Some(1)` when nothing is stored (persistence off).
+    pub fn new(shards: usize, next_seq: Option<u64>) -> OwnedRoom {
         OwnedRoom {
-            next_seq: 1,
+            next_seq,
             remote: vec![false; shards],
         }
     }

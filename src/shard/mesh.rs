@@ -53,6 +53,38 @@ pub struct MeshEnd {
     bell_rx: Option<OwnedFd>,
 }
 
+/// Rings one shard's doorbell from any thread (the writer, the reader
+/// pool, main): cheap to clone, `Send`.
+#[derive(Clone)]
+pub struct Ringer {
+    bells: Arc<Bells>,
+    id: usize,
+}
+
+impl Ringer {
+    pub fn ring(&self) {
+        self.bells.ring(self.id);
+    }
+}
+
+impl Bells {
+    fn ring(&self, to: usize) {
+        let bell = &self.bells[to];
+        if !bell.rung.swap(true, Ordering::SeqCst) {
+            // SAFETY: a valid socket fd; a full socket buffer (EAGAIN) means
+            // the bell is already ringing, which is all we need.
+            unsafe {
+                libc::send(
+                    bell.fd.as_raw_fd(),
+                    [1u8].as_ptr().cast(),
+                    1,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
+            }
+        }
+    }
+}
+
 /// Build the mesh for `n` shards with `capacity` batches per queue.
 pub fn build(n: usize, capacity: usize) -> std::io::Result<Vec<MeshEnd>> {
     let mut bells = Vec::with_capacity(n);
@@ -148,12 +180,14 @@ impl MeshEnd {
             .store(false, Ordering::SeqCst);
     }
 
-    /// Take every batch queued for us, in order per peer; ring the bell of
-    /// any peer that waits for space in its queue to us.
-    pub fn drain(&self, mut f: impl FnMut(usize, Batch)) {
+    /// Take every batch queued for us, in order per peer, while `more()`
+    /// says so (checked before each batch); ring the bell of any peer that
+    /// waits for space in its queue to us.
+    pub fn drain(&self, mut f: impl FnMut(usize, Batch), more: impl Fn() -> bool) {
         for (from, rx) in self.rx.iter().enumerate() {
             let Some(rx) = rx else { continue };
-            while let Ok(batch) = rx.try_recv() {
+            while more() {
+                let Ok(batch) = rx.try_recv() else { break };
                 f(from, batch);
             }
             if self.bells.want_space[from * self.n + self.id].swap(false, Ordering::SeqCst) {
@@ -163,18 +197,14 @@ impl MeshEnd {
     }
 
     fn ring(&self, to: usize) {
-        let bell = &self.bells.bells[to];
-        if !bell.rung.swap(true, Ordering::SeqCst) {
-            // SAFETY: a valid socket fd; a full socket buffer (EAGAIN) means
-            // the bell is already ringing, which is all we need.
-            unsafe {
-                libc::send(
-                    bell.fd.as_raw_fd(),
-                    [1u8].as_ptr().cast(),
-                    1,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                );
-            }
+        self.bells.ring(to);
+    }
+
+    /// A handle that rings this shard's doorbell from other threads.
+    pub fn ringer(&self) -> Ringer {
+        Ringer {
+            bells: self.bells.clone(),
+            id: self.id,
         }
     }
 }
@@ -200,10 +230,13 @@ mod tests {
         assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Full(_)));
         ends[1].clear_bell();
         let mut got = 0;
-        ends[1].drain(|from, _| {
-            assert_eq!(from, 0);
-            got += 1;
-        });
+        ends[1].drain(
+            |from, _| {
+                assert_eq!(from, 0);
+                got += 1;
+            },
+            || true,
+        );
         assert_eq!(got, 2);
         assert_eq!(
             bell_bytes(bell0),

@@ -11,15 +11,17 @@
 //! borrow ends. Remote effects go straight to the per-peer `outbox`, whose
 //! order is the order of the session's frames.
 
+mod durable;
 pub mod mesh;
 pub mod msg;
 mod notify;
 pub mod start;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::net::TcpStream;
@@ -28,10 +30,11 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::conn::{Conn, ConnRef, ConnToken, Phase, io};
-use crate::router::{AckMode, Draft, OwnedRoom, Rooms, Sequenced, Subscriber, owner_of};
+use crate::router::{AckMode, Draft, Encoded, OwnedRoom, Rooms, Sequenced, Subscriber, owner_of};
 use crate::stomp::frame::{Limits, Version};
 use crate::ws::framing::CloseCode;
-pub use msg::{Interest, ShardMsg};
+pub use durable::{StoreLink, WriterItem};
+pub use msg::{Confirm, External, Interest, Owed, ReplayFrom, ReplayReq, ShardHandle, ShardMsg};
 pub use notify::Notify;
 
 /// Longest interval between sweeps (heart-beats, timeouts). A silent client
@@ -57,14 +60,36 @@ enum Origin {
     Peer(usize, ConnToken),
 }
 
-/// Work deferred until no connection is borrowed.
+impl Origin {
+    /// The publishing connection's shard and token.
+    fn split(self, me: usize) -> (usize, ConnToken) {
+        match self {
+            Origin::Local(t) => (me, t),
+            Origin::Peer(p, t) => (p, t),
+        }
+    }
+}
+
+/// Work deferred until no connection is borrowed (or, for a room whose
+/// last stored seq is being read, until it is known).
 enum Work {
     /// Sequence and fan out a message of a room this shard owns.
     Publish {
         draft: Draft,
         origin: Origin,
-        receipt: Option<Box<str>>,
+        confirm: Option<Confirm>,
     },
+    /// Start a replay for a subscription of a room this shard owns.
+    Replay(ReplayReq),
+}
+
+impl Work {
+    fn room(&self) -> &str {
+        match self {
+            Work::Publish { draft, .. } => &draft.room,
+            Work::Replay(r) => &r.room,
+        }
+    }
 }
 
 pub struct Shard {
@@ -87,10 +112,39 @@ pub struct Shard {
     paused: RefCell<Vec<ConnRef>>,
     /// This shard's end of the shard-to-shard queues.
     mesh: mesh::MeshEnd,
+    /// This shard's inbox: results from the writer and the reader pool,
+    /// shutdown steps from main.
+    inbox: crossbeam_channel::Receiver<External>,
+    /// Every shard's inbox (index = shard), for jobs that answer a shard.
+    handles: Arc<[ShardHandle]>,
+    /// The SQLite writer and readers; `None` with `--persist false`.
+    store: Option<StoreLink>,
+    /// Items for the writer that did not fit its queue yet, in order. While
+    /// any wait, this shard reads neither its connections nor its peers.
+    overflow: RefCell<VecDeque<WriterItem>>,
+    /// Rooms whose last stored seq is being read, with the work that waits.
+    loading: RefCell<HashMap<Box<str>, Vec<Work>>>,
+    /// Replays waiting for their subscriber's output to drain (or for a
+    /// free reader): (connection, subscription, after, upto).
+    replay_stalled: RefCell<Vec<(ConnToken, u32, u64, u64)>>,
+    /// Shutting down: accept nothing, read no client.
+    stopping: Cell<bool>,
+    /// Wake the accept loops to stop (0: HTTP, 1: STOMP).
+    stop_accept: [Notify; 2],
+    /// Peers that said `Quiesce`, and who to tell once all did and
+    /// everything is committed.
+    quiesced: Cell<usize>,
+    flushed: RefCell<Option<std::sync::mpsc::Sender<usize>>>,
 }
 
 impl Shard {
-    pub fn new(cfg: Config, mesh: mesh::MeshEnd) -> Shard {
+    pub fn new(
+        cfg: Config,
+        mesh: mesh::MeshEnd,
+        inbox: crossbeam_channel::Receiver<External>,
+        handles: Arc<[ShardHandle]>,
+        store: Option<StoreLink>,
+    ) -> Shard {
         let nshards = cfg.shards;
         Shard {
             id: mesh.id,
@@ -111,6 +165,16 @@ impl Shard {
             flush_wanted: Notify::default(),
             paused: RefCell::new(Vec::new()),
             mesh,
+            inbox,
+            handles,
+            store,
+            overflow: RefCell::new(VecDeque::new()),
+            loading: RefCell::new(HashMap::new()),
+            replay_stalled: RefCell::new(Vec::new()),
+            stopping: Cell::new(false),
+            stop_accept: [Notify::default(), Notify::default()],
+            quiesced: Cell::new(0),
+            flushed: RefCell::new(None),
         }
     }
 
@@ -276,7 +340,11 @@ impl Shard {
     }
 
     fn maybe_resume(&self) {
-        if self.paused.borrow().is_empty() || self.peers_congested() {
+        if self.paused.borrow().is_empty()
+            || self.peers_congested()
+            || self.persist_congested()
+            || self.stopping.get()
+        {
             return;
         }
         let now = Instant::now();
@@ -293,21 +361,34 @@ impl Shard {
 
     /// Add a local subscriber. Returns its key in the room and whether a
     /// requested RECEIPT may be sent now (`false`: the owner shard answers
-    /// once it knows of our interest).
+    /// once it knows of our interest). With `replay`, the subscriber holds
+    /// live messages back and the owner is asked for the stored ones.
     pub fn subscribe(
         &self,
         room: &str,
         sub: Subscriber,
         token: ConnToken,
         receipt: Option<&str>,
+        replay: Option<ReplayFrom>,
     ) -> (usize, bool) {
         let owner = owner_of(room, self.nshards);
+        let sub_n = sub.sub_n;
         let mut rooms = self.rooms.borrow_mut();
         let local = rooms.local.entry(room.into()).or_default();
         let first = local.subs.is_empty();
         let key = local.subs.insert(sub);
         drop(rooms);
+        let replay = replay.map(|from| ReplayReq {
+            room: room.into(),
+            from,
+            shard: self.id,
+            conn: token,
+            sub_n,
+        });
         if owner == self.id {
+            if let Some(req) = replay {
+                self.work.borrow_mut().push_back(Work::Replay(req));
+            }
             return (key, true);
         }
         if first || receipt.is_some() {
@@ -319,6 +400,11 @@ impl Shard {
                     reply: receipt.map(|r| (token, r.into())),
                 },
             );
+        }
+        // After the interest: from the seq the owner reads when it gets
+        // this, every message of the room reaches us live.
+        if let Some(req) = replay {
+            self.to_peer(owner, ShardMsg::Replay(req));
         }
         (key, receipt.is_none())
     }
@@ -347,14 +433,19 @@ impl Shard {
         }
     }
 
+    /// Whether messages are stored (and RECEIPTs wait for the commit).
+    pub fn persistent(&self) -> bool {
+        self.store.is_some()
+    }
+
     /// Publish a message from a local connection.
-    pub fn publish(&self, draft: Draft, token: ConnToken, receipt: Option<Box<str>>) {
+    pub fn publish(&self, draft: Draft, token: ConnToken, confirm: Option<Confirm>) {
         let owner = owner_of(&draft.room, self.nshards);
         if owner == self.id {
             self.work.borrow_mut().push_back(Work::Publish {
                 draft,
                 origin: Origin::Local(token),
-                receipt,
+                confirm,
             });
         } else {
             self.to_peer(
@@ -362,7 +453,7 @@ impl Shard {
                 ShardMsg::Publish {
                     draft,
                     origin: token,
-                    receipt,
+                    confirm,
                 },
             );
         }
@@ -373,27 +464,43 @@ impl Shard {
             let Some(work) = self.work.borrow_mut().pop_front() else {
                 return;
             };
-            match work {
-                Work::Publish {
-                    draft,
-                    origin,
-                    receipt,
-                } => self.sequence(draft, origin, receipt),
-            }
+            self.run_one(work);
+        }
+    }
+
+    fn run_one(&self, work: Work) {
+        match work {
+            Work::Publish {
+                draft,
+                origin,
+                confirm,
+            } => self.sequence(draft, origin, confirm),
+            Work::Replay(req) => self.start_replay(req),
         }
     }
 
     /// Owner side: give the message its place, send it once to every shard
-    /// with subscribers, deliver it here, and answer the publisher's receipt.
-    fn sequence(&self, draft: Draft, origin: Origin, receipt: Option<Box<str>>) {
+    /// with subscribers, deliver it here, hand it to the writer; the
+    /// publisher's RECEIPT follows the commit (or, with persistence off,
+    /// goes now).
+    fn sequence(&self, draft: Draft, origin: Origin, confirm: Option<Confirm>) {
         let mut rooms = self.rooms.borrow_mut();
         let nshards = self.nshards;
+        let fresh = self.store.is_none().then_some(1);
         let room = rooms
             .owned
             .entry(draft.room.clone())
-            .or_insert_with(|| OwnedRoom::new(nshards));
-        let seq = room.next_seq;
-        room.next_seq += 1;
+            .or_insert_with(|| OwnedRoom::new(nshards, fresh));
+        let Some(seq) = room.next_seq else {
+            drop(rooms);
+            self.wait_for_room(Work::Publish {
+                draft,
+                origin,
+                confirm,
+            });
+            return;
+        };
+        room.next_seq = Some(seq + 1);
         let msg = Sequenced {
             draft,
             seq,
@@ -405,69 +512,106 @@ impl Shard {
             self.to_peer(p, ShardMsg::Deliver(msg.clone()));
         }
         self.deliver_local(&msg);
-        if let Some(r) = receipt {
-            match origin {
-                Origin::Local(token) => self.write_receipt(token, &r),
-                Origin::Peer(p, token) => self.to_peer(
-                    p,
-                    ShardMsg::Receipt {
-                        conn: token,
-                        receipt: r,
-                    },
-                ),
+        let (shard, conn) = origin.split(self.id);
+        let owed = confirm.map(|what| Owed { shard, conn, what });
+        if self.store.is_some() {
+            self.persist(WriterItem::msg(msg, owed));
+        } else if let Some(owed) = owed {
+            match owed.what {
+                Confirm::Receipt(r) if shard == self.id => self.write_receipt(conn, &r),
+                Confirm::Receipt(receipt) => {
+                    self.to_peer(shard, ShardMsg::Receipt { conn, receipt })
+                }
+                // Sessions confirm transactions at COMMIT when nothing is
+                // stored; no group is ever formed.
+                Confirm::Group(_) => debug_assert!(false, "group confirm without a store"),
             }
         }
     }
 
-    /// Write a message to every local subscriber of its room.
+    /// Write a message to every local subscriber of its room (or hold it
+    /// for those whose replay is still being sent).
     fn deliver_local(&self, msg: &Sequenced) {
-        let rooms = self.rooms.borrow();
-        let Some(room) = rooms.local.get(&*msg.draft.room) else {
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(room) = rooms.local.get_mut(&*msg.draft.room) else {
             return;
         };
-        let mut encoded: [Option<crate::router::Encoded>; 3] = [None, None, None];
+        let mut encoded: [Option<Encoded>; 3] = [None, None, None];
         let now = Instant::now();
-        let max_out = self.cfg.max_outbound_bytes;
-        let max_pending = self.cfg.max_pending_acks;
-        for (_, sub) in room.subs.iter() {
-            let enc = encoded[sub.version as usize].get_or_insert_with(|| msg.encode(sub.version));
-            let mut c = sub.conn.borrow_mut();
+        for (_, sub) in room.subs.iter_mut() {
+            let conn = sub.conn.clone();
+            let mut c = conn.borrow_mut();
             if c.out.is_closing() || c.fd < 0 {
                 continue;
             }
-            let mut ack = None;
-            if sub.mode != AckMode::Auto {
-                let Some(state) = c.session.subs.iter_mut().find(|s| s.n == sub.sub_n) else {
-                    continue;
-                };
-                if state.pending.len() >= max_pending {
-                    c.out.error(
-                        "too many unacknowledged messages",
-                        None,
-                        &[],
-                        &format!("subscription has {max_pending} messages without ACK; acknowledge or use ack:auto"),
-                        CloseCode::Policy,
-                    );
-                } else {
-                    state.pending.push_back(msg.seq);
-                    if sub.version == Version::V12 {
-                        ack = Some((sub.sub_n, msg.seq));
-                    }
-                }
-            }
-            if !c.out.is_closing() {
-                c.out.message(&sub.prefix, ack, enc, now);
-                if c.out.pending_len() > max_out {
+            if let Some(hold) = &mut sub.replay {
+                hold.bytes += msg.draft.body.len()
+                    + msg
+                        .draft
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>();
+                hold.held.push(msg.clone());
+                if hold.bytes > self.cfg.max_outbound_bytes {
                     c.out.error(
                         "slow consumer",
                         None,
                         &[],
-                        &format!("more than {max_out} bytes queued for this connection; it reads too slowly"),
+                        &format!(
+                            "more than {} bytes of live messages arrived while the replay was sent; subscribe with a later x-since-seq or use the history API",
+                            self.cfg.max_outbound_bytes
+                        ),
                         CloseCode::Policy,
                     );
+                    self.queue_flush(&conn, &mut c);
+                }
+                continue;
+            }
+            let enc = encoded[sub.version as usize].get_or_insert_with(|| msg.encode(sub.version));
+            self.deliver_to(sub, &mut c, enc, msg.seq, now);
+            self.queue_flush(&conn, &mut c);
+        }
+    }
+
+    /// Append one message to one subscriber's output: acknowledgement
+    /// bookkeeping, then the frame; over a limit, ERROR and close.
+    fn deliver_to(&self, sub: &Subscriber, c: &mut Conn, enc: &Encoded, seq: u64, now: Instant) {
+        let max_out = self.cfg.max_outbound_bytes;
+        let max_pending = self.cfg.max_pending_acks;
+        let mut ack = None;
+        if sub.mode != AckMode::Auto {
+            let Some(state) = c.session.subs.iter_mut().find(|s| s.n == sub.sub_n) else {
+                return;
+            };
+            if state.pending.len() >= max_pending {
+                c.out.error(
+                    "too many unacknowledged messages",
+                    None,
+                    &[],
+                    &format!("subscription has {max_pending} messages without ACK; acknowledge or use ack:auto"),
+                    CloseCode::Policy,
+                );
+            } else {
+                state.pending.push_back(seq);
+                if sub.version == Version::V12 {
+                    ack = Some((sub.sub_n, seq));
                 }
             }
-            self.queue_flush(&sub.conn, &mut c);
+        }
+        if !c.out.is_closing() {
+            c.out.message(&sub.prefix, ack, enc, now);
+            if c.out.pending_len() > max_out {
+                c.out.error(
+                    "slow consumer",
+                    None,
+                    &[],
+                    &format!(
+                        "more than {max_out} bytes queued for this connection; it reads too slowly"
+                    ),
+                    CloseCode::Policy,
+                );
+            }
         }
     }
 
@@ -488,6 +632,17 @@ impl Shard {
         self.mark_dirty(&conn);
     }
 
+    /// ERROR (answering `receipt`, if any) and close a local connection.
+    fn refuse(&self, token: ConnToken, receipt: Option<&str>, message: &str, detail: &str) {
+        let Some(conn) = self.conn(token) else {
+            return;
+        };
+        conn.borrow_mut()
+            .out
+            .error(message, receipt, &[], detail, CloseCode::Error);
+        self.mark_dirty(&conn);
+    }
+
     // ---- the mesh ------------------------------------------------------
 
     /// Queue a message for a peer shard.
@@ -505,16 +660,22 @@ impl Shard {
             ShardMsg::Publish {
                 draft,
                 origin,
-                receipt,
+                confirm,
             } => {
                 self.work.borrow_mut().push_back(Work::Publish {
                     draft,
                     origin: Origin::Peer(from, origin),
-                    receipt,
+                    confirm,
                 });
             }
             ShardMsg::Deliver(msg) => self.deliver_local(&msg),
             ShardMsg::Receipt { conn, receipt } => self.write_receipt(conn, &receipt),
+            ShardMsg::Refuse {
+                conn,
+                receipt,
+                message,
+                detail,
+            } => self.refuse(conn, receipt.as_deref(), &message, &detail),
             ShardMsg::Interest {
                 room,
                 change,
@@ -522,10 +683,11 @@ impl Shard {
             } => {
                 let mut rooms = self.rooms.borrow_mut();
                 let nshards = self.nshards;
+                let fresh = self.store.is_none().then_some(1);
                 let owned = rooms
                     .owned
                     .entry(room)
-                    .or_insert_with(|| OwnedRoom::new(nshards));
+                    .or_insert_with(|| OwnedRoom::new(nshards, fresh));
                 match change {
                     Interest::Add => owned.remote[from] = true,
                     Interest::Remove => owned.remote[from] = false,
@@ -536,6 +698,8 @@ impl Shard {
                     self.to_peer(from, ShardMsg::Receipt { conn, receipt });
                 }
             }
+            ShardMsg::Replay(req) => self.work.borrow_mut().push_back(Work::Replay(req)),
+            ShardMsg::Quiesce => self.quiesced.set(self.quiesced.get() + 1),
             ShardMsg::Adopt {
                 fd,
                 inbound,
@@ -545,6 +709,9 @@ impl Shard {
                 let fd = fd.into_raw_fd();
                 // SAFETY: the sender dup()ed this fd for us; we own it now.
                 let stream = unsafe { TcpStream::from_raw_fd(fd) };
+                if self.stopping.get() {
+                    return; // shutting down: dropping the stream closes it
+                }
                 if self.conn_count() >= self.cfg.max_connections_per_shard() {
                     // Moved connections count against the owner's share too.
                     start::send_refusal(&stream, start::FULL_HTTP);
@@ -555,8 +722,11 @@ impl Shard {
         }
     }
 
-    /// Wait on this shard's doorbell; on each ring take every queued batch
-    /// from every peer, then let blocked senders retry.
+    /// Wait on this shard's doorbell; on each ring take the inbox (commit
+    /// and read results, shutdown steps), hand held items to the writer,
+    /// take every queued batch from every peer (unless the writer's queue
+    /// is full: then peers are held back too), then let blocked senders
+    /// retry.
     async fn receive(self: Rc<Self>, bell_fd: std::os::fd::RawFd) {
         use futures_lite::AsyncReadExt;
         // SAFETY: the read end of this shard's doorbell socketpair, owned
@@ -572,12 +742,22 @@ impl Shard {
                 Ok(_) => {}
             }
             self.mesh.clear_bell();
-            self.mesh.drain(|from, batch| {
-                for msg in batch {
-                    self.on_peer(from, msg);
-                }
-            });
+            while let Ok(msg) = self.inbox.try_recv() {
+                self.on_external(msg);
+            }
+            self.drain_overflow();
+            self.mesh.drain(
+                |from, batch| {
+                    for msg in batch {
+                        self.on_peer(from, msg);
+                    }
+                    // Sequence now, so a full writer queue stops the drain.
+                    self.run_work();
+                },
+                || !self.persist_congested(),
+            );
             self.after_io();
+            self.check_quiesced();
             for (to, q) in self.outbox.iter().enumerate() {
                 if to != self.id && !q.borrow().is_empty() {
                     self.outbox_ready[to].notify();
@@ -644,7 +824,7 @@ impl Shard {
                 let mut touched = false;
                 if !s.connected {
                     if now.duration_since(c.created) >= connect_timeout {
-                        if c.phase == Phase::Http {
+                        if matches!(c.phase, Phase::Http | Phase::HttpWait) {
                             c.out.abort = true;
                             c.wake();
                         } else {
@@ -688,6 +868,7 @@ impl Shard {
                 }
             }
             drop(conns);
+            self.resume_replays();
             self.flush();
         }
     }

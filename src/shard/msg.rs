@@ -1,10 +1,17 @@
-//! What shards say to each other over the SPSC mesh. Messages travel in
-//! batches (`Vec<ShardMsg>`): one channel slot per flush, not per message.
+//! What shards say to each other over the SPSC mesh (`ShardMsg`, in
+//! batches: one channel slot per flush, not per message), and what plain
+//! threads (the SQLite writer, the reader pool, main) say to a shard
+//! (`External`, through its inbox and doorbell).
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
+use crossbeam_channel::Sender;
+
+use super::mesh::Ringer;
 use crate::conn::ConnToken;
 use crate::router::{Draft, Sequenced};
+use crate::store::Page;
 
 /// A change in whether the sending shard has subscribers of a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,19 +24,67 @@ pub enum Interest {
     Sync,
 }
 
+/// What the publisher is owed once its message is stored (or, with
+/// persistence off, sequenced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirm {
+    /// A SEND's own `receipt`.
+    Receipt(Box<str>),
+    /// One SEND of a transaction whose COMMIT asked for a receipt: the
+    /// session counts these down (`Session::groups`) and answers the COMMIT
+    /// when the last is stored.
+    Group(u32),
+}
+
+/// A confirmation owed to connection `conn` on shard `shard`: the tag that
+/// travels with a message through the writer.
+#[derive(Debug)]
+pub struct Owed {
+    pub shard: usize,
+    pub conn: ConnToken,
+    pub what: Confirm,
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// `x-since-seq:N`: every stored message with seq > N.
+    Since(u64),
+    /// `x-replay-last:K`: the last K.
+    Last(u64),
+}
+
+/// A subscription asks its room's owner for a replay.
+#[derive(Debug, Clone)]
+pub struct ReplayReq {
+    pub room: Box<str>,
+    pub from: ReplayFrom,
+    /// The subscriber: its shard, connection and subscription number.
+    pub shard: usize,
+    pub conn: ConnToken,
+    pub sub_n: u32,
+}
+
 #[derive(Debug)]
 pub enum ShardMsg {
     /// To a room's owner: sequence and fan out this message. `origin` is the
-    /// publishing connection on the sending shard, for its RECEIPT.
+    /// publishing connection on the sending shard, for its confirmation.
     Publish {
         draft: Draft,
-        origin: crate::conn::ConnToken,
-        receipt: Option<Box<str>>,
+        origin: ConnToken,
+        confirm: Option<Confirm>,
     },
     /// From a room's owner: deliver to local subscribers.
     Deliver(Sequenced),
     /// Send RECEIPT `receipt` to connection `conn` of the receiving shard.
     Receipt { conn: ConnToken, receipt: Box<str> },
+    /// A message of `conn` could not be taken: ERROR and close it.
+    Refuse {
+        conn: ConnToken,
+        receipt: Option<Box<str>>,
+        message: Box<str>,
+        detail: String,
+    },
     /// To a room's owner: the sending shard's interest in `room` changed;
     /// `reply` asks for a RECEIPT once the owner has applied it.
     Interest {
@@ -37,6 +92,13 @@ pub enum ShardMsg {
         change: Interest,
         reply: Option<(ConnToken, Box<str>)>,
     },
+    /// To a room's owner: replay stored messages to a new subscription
+    /// (sent after the subscription's `Interest`, so the owner knows from
+    /// which seq on the live messages reach it).
+    Replay(ReplayReq),
+    /// Shutdown: the sender reads no more client frames; everything it
+    /// sent before this is in the channel ahead of it.
+    Quiesce,
     /// Take over an upgraded WebSocket connection (fd dup()ed for the
     /// receiver), with bytes already read and bytes still to send.
     Adopt {
@@ -45,4 +107,63 @@ pub enum ShardMsg {
         inbound: Vec<u8>,
         outbound: Vec<u8>,
     },
+}
+
+/// From a plain thread to a shard.
+pub enum External {
+    /// A writer batch with confirmations owed to this shard's connections
+    /// is committed (`error: None`) or failed (nothing of it was stored).
+    Committed {
+        owed: Vec<(ConnToken, Confirm)>,
+        error: Option<Arc<str>>,
+    },
+    /// The last stored seq of a room this shard owns (0: none stored).
+    RoomLoaded {
+        room: Box<str>,
+        result: Result<u64, String>,
+    },
+    /// A page of a replay for subscription `sub_n` of `conn`, covering
+    /// stored seqs up to `upto` (later ones reach it live).
+    ReplayPage {
+        conn: ConnToken,
+        sub_n: u32,
+        upto: u64,
+        result: Result<Page, String>,
+    },
+    /// The answer to an HTTP request that waited for the reader pool.
+    Http { conn: ConnToken, response: Vec<u8> },
+    /// Graceful shutdown, first step: stop accepting and reading, hand
+    /// everything to the writer, then report the shard's id once all of it
+    /// is committed.
+    Stop {
+        flushed: std::sync::mpsc::Sender<usize>,
+    },
+    /// Graceful shutdown, last step: close every client (WebSocket close
+    /// 1001 "going away", ERROR on plain STOMP) and report once they are
+    /// gone or the close deadline passed.
+    Close {
+        closed: std::sync::mpsc::Sender<usize>,
+    },
+}
+
+/// A shard's inbox as other threads see it: a queue and its doorbell.
+///
+/// The queue is a crossbeam channel without a fixed capacity, but what can
+/// be in it is bounded by construction: commit results by the writer's
+/// queue (`persist_queue`) plus what the owners hold back, pool results by
+/// the pool's queue (`read_queue`), control messages by one per shutdown
+/// step. A bounded channel here would make the writer wait on a shard,
+/// which is the one wait the design forbids.
+#[derive(Clone)]
+pub struct ShardHandle {
+    pub tx: Sender<External>,
+    pub bell: Ringer,
+}
+
+impl ShardHandle {
+    pub fn send(&self, msg: External) {
+        if self.tx.send(msg).is_ok() {
+            self.bell.ring();
+        }
+    }
 }

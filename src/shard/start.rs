@@ -12,9 +12,14 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
-use super::Shard;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::{Confirm, External, Owed, Shard, ShardHandle, StoreLink};
 use crate::config::{Config, Listen};
-use crate::conn::Phase;
+use crate::conn::{ConnToken, Phase};
+use crate::store::pool::Pool;
+use crate::store::writer::{self, Committed};
 
 /// Listening sockets for every shard, bound before any executor starts so
 /// that a port-0 request resolves to one port shared by all shards.
@@ -81,19 +86,122 @@ fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> io::Result<(SocketAddr,
 /// when one does not.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Start every shard; returns their join handles once every shard accepts.
-pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinHandle<()>>> {
+/// What the running server is made of, for main: the shards' executors,
+/// their inboxes (for the shutdown steps) and the writer's counters.
+pub struct Running {
+    pub executors: Vec<ExecutorJoinHandle<()>>,
+    pub shards: Arc<[ShardHandle]>,
+    pub writer: Option<Arc<WriterCounters>>,
+}
+
+/// What the writer has done so far (read by main at exit and by /metrics).
+#[derive(Default, Debug)]
+pub struct WriterCounters {
+    pub batches: AtomicU64,
+    pub messages: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub largest_batch: AtomicU64,
+}
+
+/// Open the database, start the writer, the reader pool and retention.
+fn start_store(
+    cfg: &Config,
+    shards: &Arc<[ShardHandle]>,
+) -> io::Result<(StoreLink, Arc<WriterCounters>)> {
+    let fail = |e: crate::store::StoreError| io::Error::other(e.to_string());
+    let conn = crate::store::open(&cfg.data_dir, cfg.durability).map_err(fail)?;
+    let want_space: Arc<[AtomicBool]> = (0..cfg.shards).map(|_| AtomicBool::new(false)).collect();
+    let counters = Arc::new(WriterCounters::default());
+    let on_commit = {
+        let shards = shards.clone();
+        let want_space = want_space.clone();
+        let counters = counters.clone();
+        let n = cfg.shards;
+        move |c: Committed<Option<Owed>>| {
+            let size = c.tags.len() as u64;
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            if c.error.is_some() {
+                counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.messages.fetch_add(size, Ordering::Relaxed);
+            }
+            counters.largest_batch.fetch_max(size, Ordering::Relaxed);
+            let error: Option<Arc<str>> = c.error.map(Into::into);
+            let mut per: Vec<Vec<(ConnToken, Confirm)>> = (0..n).map(|_| Vec::new()).collect();
+            for o in c.tags.into_iter().flatten() {
+                per[o.shard].push((o.conn, o.what));
+            }
+            for (i, owed) in per.into_iter().enumerate() {
+                if !owed.is_empty() {
+                    shards[i].send(External::Committed {
+                        owed,
+                        error: error.clone(),
+                    });
+                }
+            }
+            for (i, w) in want_space.iter().enumerate() {
+                if w.swap(false, Ordering::SeqCst) {
+                    shards[i].bell.ring();
+                }
+            }
+        }
+    };
+    let (writer, _join) = writer::spawn(conn, cfg.persist_queue, cfg.persist_batch, on_commit)?;
+    let pool = Pool::start(&cfg.data_dir, cfg.read_threads, cfg.read_queue).map_err(fail)?;
+    if cfg.retention_days > 0 || cfg.retention_per_room > 0 {
+        crate::store::retention::spawn(
+            writer.clone(),
+            crate::store::retention::Policy {
+                days: cfg.retention_days,
+                per_room: cfg.retention_per_room,
+            },
+            Duration::from_secs(cfg.retention_interval_s),
+        )?;
+    }
+    Ok((
+        StoreLink {
+            writer,
+            pool,
+            want_space,
+        },
+        counters,
+    ))
+}
+
+/// Start every shard; returns once every shard accepts.
+pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Running> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
     let cores: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
         .filter(|ids: &Vec<usize>| !ids.is_empty())
         .unwrap_or_else(|| vec![0]);
     let mut meshes = super::mesh::build(cfg.shards, cfg.mesh_capacity)?;
+    let mut inboxes = Vec::with_capacity(cfg.shards);
+    let shard_handles: Arc<[ShardHandle]> = meshes
+        .iter()
+        .map(|m| {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            inboxes.push(rx);
+            ShardHandle {
+                tx,
+                bell: m.ringer(),
+            }
+        })
+        .collect();
+    let (store, counters) = if cfg.persist {
+        let (link, counters) = start_store(cfg, &shard_handles)?;
+        (Some(link), Some(counters))
+    } else {
+        (None, None)
+    };
     let mut handles = Vec::with_capacity(cfg.shards);
     for id in 0..cfg.shards {
         let cpu = cores[id % cores.len()];
         let cfg = cfg.clone();
         let mesh = meshes.remove(0);
+        let inbox = inboxes.remove(0);
+        let all = shard_handles.clone();
+        let store = store.clone();
         let http = listeners.http[id];
         let stomp = listeners.stomp.get(id).copied();
         let ready = ready_tx.clone();
@@ -105,7 +213,10 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinH
             builder = builder.spin_before_park(Duration::from_micros(cfg.spin_before_park_us));
         }
         let handle = builder
-            .spawn(move || async move { run(cfg, mesh, http, stomp, ready).await })
+            .spawn(move || async move {
+                let shard = Shard::new(cfg, mesh, inbox, all, store);
+                run(shard, http, stomp, ready).await
+            })
             .map_err(|e| io::Error::other(format!("cannot start shard {id} on cpu {cpu}: {e}")))?;
         handles.push(handle);
     }
@@ -122,28 +233,28 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Vec<ExecutorJoinH
             )
         })?;
     }
-    Ok(handles)
+    Ok(Running {
+        executors: handles,
+        shards: shard_handles,
+        writer: counters,
+    })
 }
 
 /// The body of one shard's executor.
 async fn run(
-    cfg: Config,
-    mut mesh: super::mesh::MeshEnd,
+    mut shard: Shard,
     http: RawFd,
     stomp: Option<RawFd>,
     ready: std::sync::mpsc::Sender<usize>,
 ) {
-    let nshards = cfg.shards;
-    let bell = mesh.take_bell_fd();
-    let shard = Rc::new(Shard::new(cfg, mesh));
-    if nshards > 1 {
-        glommio::spawn_local(shard.clone().receive(bell)).detach();
-        for to in (0..nshards).filter(|&p| p != shard.id) {
-            glommio::spawn_local(shard.clone().send_to(to)).detach();
-        }
-    } else {
-        // SAFETY: our own doorbell fd, unused with a single shard.
-        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(bell) });
+    let nshards = shard.nshards;
+    let bell = shard.mesh.take_bell_fd();
+    let shard = Rc::new(shard);
+    // The doorbell also carries the writer's, the readers' and main's
+    // messages, so it is read even with a single shard.
+    glommio::spawn_local(shard.clone().receive(bell)).detach();
+    for to in (0..nshards).filter(|&p| p != shard.id) {
+        glommio::spawn_local(shard.clone().send_to(to)).detach();
     }
     let id = shard.id;
     glommio::spawn_local(shard.clone().flusher()).detach();
@@ -154,6 +265,9 @@ async fn run(
     info!(shard = id, "shard started");
     let _ = ready.send(id);
     accept_loop(shard, http, Phase::Http).await;
+    // Accepting stopped (shutdown); the shard's other tasks go on until
+    // the process exits. Returning would end the executor and drop them.
+    futures_lite::future::pending::<()>().await;
 }
 
 /// Write `msg` to a socket we are about to drop without waiting or
@@ -178,8 +292,16 @@ async fn accept_loop(shard: Rc<Shard>, fd: RawFd, phase: Phase) {
     // SAFETY: the fd is a listening socket bound for this shard alone.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     let max = shard.cfg.max_connections_per_shard();
+    let stop = &shard.stop_accept[usize::from(phase != Phase::Http)];
     loop {
-        match listener.accept().await {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        // Shutting down: dropping the listener closes it.
+        let Some(accepted) = accepted else { return };
+        match accepted {
             Ok(stream) => {
                 if shard.conn_count() >= max {
                     let msg = if phase == Phase::Http {

@@ -6,11 +6,15 @@
 //! Nothing here runs on a shard: shards only `try_send` into the writer's
 //! bounded channel and get commit results back as messages.
 
+pub mod pool;
+pub mod retention;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::router::{Draft, Sequenced};
 use thiserror::Error;
 
 /// File name of the database inside the data directory.
@@ -53,6 +57,8 @@ pub enum StoreError {
         "database schema version {found} is newer than this binary knows ({known}); refusing to touch it"
     )]
     TooNew { found: i64, known: i64 },
+    #[error("cannot start a store thread: {0}")]
+    Thread(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -72,7 +78,7 @@ const MIGRATIONS: &[&str] = &[
         message_id  TEXT NOT NULL,
         sender      TEXT NOT NULL,
         ts_ms       INTEGER NOT NULL,
-        headers     TEXT NOT NULL,   -- user headers of the SEND, JSON object
+        headers     TEXT NOT NULL,   -- user headers of the SEND, JSON [[name, value], ...]
         body        BLOB NOT NULL,
         PRIMARY KEY (room, seq)
      ) WITHOUT ROWID;
@@ -141,6 +147,111 @@ pub fn last_seq(conn: &Connection, room: &str) -> Result<u64, StoreError> {
         )
         .optional()?;
     Ok(seq.unwrap_or(0) as u64)
+}
+
+/// Open a reader connection (for the pool): read-only, WAL, never blocks
+/// the writer.
+pub fn open_reader(dir: &Path) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let path = dir.join(DB_FILE);
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// A message's user headers as stored: a JSON array of `[name, value]`
+/// pairs (an array, not an object, so their order survives).
+pub fn headers_to_json(headers: &[(Box<str>, Box<str>)], out: &mut Vec<u8>) {
+    // Serialising strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, headers);
+}
+
+/// The inverse of [`headers_to_json`]; a damaged value gives no headers.
+pub fn headers_from_json(json: &str) -> Vec<(Box<str>, Box<str>)> {
+    serde_json::from_str::<Vec<(String, String)>>(json)
+        .map(|v| v.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        .unwrap_or_default()
+}
+
+/// Which stored messages of a room to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// Seqs `> after` and `<= upto`, oldest first.
+    After { after: u64, upto: u64 },
+    /// The newest seqs `< before`, returned oldest first.
+    Before { before: u64 },
+}
+
+/// A page of stored messages, oldest first, and whether the range has more
+/// beyond it (the page hit `limit` or `max_bytes`).
+#[derive(Debug, Default)]
+pub struct Page {
+    pub messages: Vec<Sequenced>,
+    pub more: bool,
+}
+
+/// Read up to `limit` messages of `room` in `range`, stopping early once
+/// their bodies reach `max_bytes` (at least one message is always read).
+pub fn read_page(
+    conn: &Connection,
+    room: &str,
+    range: Range,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Page, StoreError> {
+    let limit = limit.max(1);
+    // One more than asked tells whether there is more.
+    let fetch = (limit + 1) as i64;
+    let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+    let mut stmt;
+    let mut rows = match range {
+        Range::After { after, upto } => {
+            stmt = conn.prepare_cached(
+                "SELECT seq, sender, ts_ms, headers, body FROM messages
+                 WHERE room = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
+            )?;
+            stmt.query(params![room, clamp(after), clamp(upto), fetch])?
+        }
+        Range::Before { before } => {
+            stmt = conn.prepare_cached(
+                "SELECT seq, sender, ts_ms, headers, body FROM messages
+                 WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+            )?;
+            stmt.query(params![room, clamp(before), fetch])?
+        }
+    };
+    let mut page = Page::default();
+    let mut bytes = 0usize;
+    while let Some(r) = rows.next()? {
+        if page.messages.len() == limit || (bytes >= max_bytes && !page.messages.is_empty()) {
+            page.more = true;
+            break;
+        }
+        let headers: String = r.get(3)?;
+        let body: Vec<u8> = r.get(4)?;
+        bytes += body.len() + headers.len();
+        page.messages.push(Sequenced {
+            draft: Draft {
+                room: room.into(),
+                sender: r.get::<_, String>(1)?.into(),
+                headers: headers_from_json(&headers),
+                body: body.into(),
+            },
+            seq: r.get::<_, i64>(0)? as u64,
+            timestamp_ms: r.get::<_, i64>(2)? as u64,
+        });
+    }
+    if matches!(range, Range::Before { .. }) {
+        page.messages.reverse();
+    }
+    Ok(page)
 }
 
 /// A fresh directory for one test's database.

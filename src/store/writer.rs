@@ -1,5 +1,5 @@
 //! The writer thread: drains a bounded channel of sequenced messages and
-//! commits them in batches (group commit): it blocks for the first message,
+//! commits them in batches (group commit): it blocks for the first item,
 //! then takes whatever else has queued, up to `max_batch`, and writes them
 //! all in one transaction with cached prepared statements. One fsync (with
 //! `--durability full`) then covers the whole batch, which is what lets a
@@ -8,6 +8,13 @@
 //! The result of every commit goes to `on_commit` with the callers' tags,
 //! in the order the messages were sent, so the owner shards can answer
 //! receipts as messages, never by waiting.
+//!
+//! Besides messages the channel carries [`Item::After`] jobs: they run on
+//! this thread with its connection once every item queued before them is
+//! committed (and its `on_commit` has run). Owner shards use them as
+//! barriers (a replay may read the room only once what was sequenced before
+//! it is on disk), to read a room's last sequence number in order with its
+//! writes, and retention uses them to delete in step with the inserts.
 
 use std::collections::HashMap;
 use std::thread::JoinHandle;
@@ -15,18 +22,28 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rusqlite::{Connection, params};
 
+use crate::router::Sequenced;
+
 /// One sequenced message to store, with the caller's `tag` (who to tell).
 #[derive(Debug)]
 pub struct Persist<T> {
-    pub room: String,
-    pub seq: u64,
-    pub message_id: String,
-    pub sender: String,
-    pub ts_ms: u64,
-    /// The SEND's user headers as a JSON object.
-    pub headers_json: String,
-    pub body: Vec<u8>,
+    pub msg: Sequenced,
     pub tag: T,
+}
+
+/// A job for the writer thread, run after everything queued before it.
+pub type AfterJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// What the writer's channel carries.
+pub enum Item<T> {
+    Msg(Persist<T>),
+    After(AfterJob),
+}
+
+impl<T> Item<T> {
+    pub fn msg(msg: Sequenced, tag: T) -> Item<T> {
+        Item::Msg(Persist { msg, tag })
+    }
 }
 
 /// The outcome of one batch: every tag, in send order.
@@ -55,7 +72,7 @@ pub fn spawn<T, F>(
     capacity: usize,
     max_batch: usize,
     on_commit: F,
-) -> std::io::Result<(Sender<Persist<T>>, JoinHandle<Stats>)>
+) -> std::io::Result<(Sender<Item<T>>, JoinHandle<Stats>)>
 where
     T: Send + 'static,
     F: FnMut(Committed<T>) + Send + 'static,
@@ -69,7 +86,7 @@ where
 
 fn run<T, F>(
     mut conn: Connection,
-    rx: Receiver<Persist<T>>,
+    rx: Receiver<Item<T>>,
     max_batch: usize,
     mut on_commit: F,
 ) -> Stats
@@ -78,28 +95,40 @@ where
 {
     let mut stats = Stats::default();
     let mut batch: Vec<Persist<T>> = Vec::with_capacity(max_batch);
+    let mut after: Option<AfterJob> = None;
     while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
+        match first {
+            Item::Msg(m) => batch.push(m),
+            Item::After(job) => after = Some(job),
+        }
+        // Take what has queued, up to the cap; a job ends the batch (it
+        // must see the batch committed).
+        while after.is_none() && batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok(Item::Msg(m)) => batch.push(m),
+                Ok(Item::After(job)) => after = Some(job),
                 Err(_) => break,
             }
         }
-        let result = write(&mut conn, &batch);
-        stats.batches += 1;
-        stats.largest_batch = stats.largest_batch.max(batch.len());
-        match &result {
-            Ok(()) => stats.messages += batch.len() as u64,
-            Err(_) => stats.failed_batches += 1,
+        if !batch.is_empty() {
+            let result = write(&mut conn, &batch);
+            stats.batches += 1;
+            stats.largest_batch = stats.largest_batch.max(batch.len());
+            match &result {
+                Ok(()) => stats.messages += batch.len() as u64,
+                Err(e) => {
+                    stats.failed_batches += 1;
+                    tracing::error!("storing {} messages failed: {e}", batch.len());
+                }
+            }
+            on_commit(Committed {
+                tags: batch.drain(..).map(|m| m.tag).collect(),
+                error: result.err().map(|e| e.to_string()),
+            });
         }
-        if let Err(e) = &result {
-            tracing::error!("storing {} messages failed: {e}", batch.len());
+        if let Some(job) = after.take() {
+            job(&mut conn);
         }
-        on_commit(Committed {
-            tags: batch.drain(..).map(|m| m.tag).collect(),
-            error: result.err().map(|e| e.to_string()),
-        });
     }
     stats
 }
@@ -108,22 +137,34 @@ where
 fn write<T>(conn: &mut Connection, batch: &[Persist<T>]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let mut last: HashMap<&str, (u64, u64)> = HashMap::new();
+    // Reused per message: the message id and the headers as JSON.
+    let mut id = String::new();
+    let mut headers = Vec::new();
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO messages (room, seq, message_id, sender, ts_ms, headers, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for m in batch {
+        for p in batch {
+            let m = &p.msg;
+            let d = &m.draft;
+            id.clear();
+            id.push_str(&d.room);
+            id.push(':');
+            id.push_str(itoa::Buffer::new().format(m.seq));
+            headers.clear();
+            super::headers_to_json(&d.headers, &mut headers);
             insert.execute(params![
-                m.room,
+                &*d.room,
                 m.seq as i64,
-                m.message_id,
-                m.sender,
-                m.ts_ms as i64,
-                m.headers_json,
-                m.body
+                id,
+                &*d.sender,
+                m.timestamp_ms as i64,
+                // Valid UTF-8: JSON of `str`s.
+                std::str::from_utf8(&headers).unwrap_or("[]"),
+                &*d.body
             ])?;
-            let e = last.entry(&m.room).or_insert((0, m.ts_ms));
+            let e = last.entry(&d.room).or_insert((0, m.timestamp_ms));
             e.0 = e.0.max(m.seq);
         }
         let mut room = tx.prepare_cached(
@@ -140,6 +181,7 @@ fn write<T>(conn: &mut Connection, batch: &[Persist<T>]) -> rusqlite::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::Draft;
     use crate::store::{Durability, last_seq, open};
     use std::sync::{Arc, Mutex};
 
@@ -147,17 +189,20 @@ mod tests {
         crate::store::test_dir("writer")
     }
 
-    fn msg(room: &str, seq: u64, tag: u64) -> Persist<u64> {
-        Persist {
-            room: room.into(),
-            seq,
-            message_id: format!("{room}:{seq}"),
-            sender: "alice".into(),
-            ts_ms: 1_700_000_000_000 + seq,
-            headers_json: r#"{"x-k":"v"}"#.into(),
-            body: vec![0, 1, 2, seq as u8],
+    fn msg(room: &str, seq: u64, tag: u64) -> Item<u64> {
+        Item::msg(
+            Sequenced {
+                draft: Draft {
+                    room: room.into(),
+                    sender: "alice".into(),
+                    headers: vec![("x-k".into(), "v".into())],
+                    body: vec![0, 1, 2, seq as u8].into(),
+                },
+                seq,
+                timestamp_ms: 1_700_000_000_000 + seq,
+            },
             tag,
-        }
+        )
     }
 
     #[test]

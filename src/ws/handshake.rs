@@ -23,8 +23,12 @@ pub enum Request {
         /// `room` from `/ws?room=R`, percent-decoded.
         room: Option<String>,
     },
-    /// A plain HTTP request: method and path (query stripped).
-    Plain { method: String, path: String },
+    /// A plain HTTP request: method, path and query (without the `?`).
+    Plain {
+        method: String,
+        path: String,
+        query: Option<String>,
+    },
 }
 
 /// Why the head could not be used.
@@ -79,6 +83,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> 
             Request::Plain {
                 method,
                 path: path.to_string(),
+                query: query.map(str::to_string),
             },
             len,
         )));
