@@ -29,7 +29,37 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// A process's CPU time (user + system, all threads) in seconds.
 pub fn cpu_s(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_s(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Name of stampede's SQLite writer thread (its CPU is reported apart).
+pub const WRITER_THREAD: &str = "stampede-writer";
+
+/// CPU seconds of a process's threads whose name starts with `prefix`
+/// (e.g. the server's `stampede-writer`), summed.
+pub fn threads_cpu_s(pid: u32, prefix: &str) -> Option<f64> {
+    let mut total = None;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        if let Some(s) = stat_cpu_s(&stat) {
+            *total.get_or_insert(0.0) += s;
+        }
+    }
+    total
+}
+
+/// utime + stime of a /proc `stat` line, in seconds.
+fn stat_cpu_s(stat: &str) -> Option<f64> {
     // Fields after the parenthesised command name; utime and stime are
     // fields 14 and 15 of the whole line, 12 and 13 after ") ".
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -56,6 +86,7 @@ pub fn own_cpu_s() -> f64 {
 pub struct Start {
     pid: Option<u32>,
     server_cpu: Option<f64>,
+    writer_cpu: Option<f64>,
     own_cpu: f64,
     wall: std::time::Instant,
 }
@@ -69,6 +100,9 @@ pub struct Cost {
     /// Generator CPU seconds (this process and its workers).
     pub generator_cpu_s: f64,
     pub server_rss_kib: Option<u64>,
+    /// CPU seconds of stampede's SQLite writer thread over the run (part of
+    /// `server_cpu_s`; None for other servers or without persistence).
+    pub writer_cpu_s: Option<f64>,
 }
 
 impl Start {
@@ -76,6 +110,7 @@ impl Start {
         Start {
             pid,
             server_cpu: pid.and_then(cpu_s),
+            writer_cpu: pid.and_then(|p| threads_cpu_s(p, WRITER_THREAD)),
             own_cpu: own_cpu_s(),
             wall: std::time::Instant::now(),
         }
@@ -91,6 +126,13 @@ impl Start {
             },
             generator_cpu_s: own_cpu_s() - self.own_cpu,
             server_rss_kib: self.pid.and_then(rss_kib),
+            writer_cpu_s: match (
+                self.pid.and_then(|p| threads_cpu_s(p, WRITER_THREAD)),
+                self.writer_cpu,
+            ) {
+                (Some(a), Some(b)) => Some(a - b),
+                _ => None,
+            },
         }
     }
 }
@@ -101,8 +143,12 @@ impl Cost {
             .server_cpu_s
             .map(|s| format!("{s:.2} s"))
             .unwrap_or_else(|| "? (no --server-pid)".into());
+        let writer = self
+            .writer_cpu_s
+            .map(|s| format!(" (SQLite writer {s:.2} s)"))
+            .unwrap_or_default();
         format!(
-            "cost: wall {:.2} s; server CPU {server}; generator CPU {:.2} s",
+            "cost: wall {:.2} s; server CPU {server}{writer}; generator CPU {:.2} s",
             self.wall_s, self.generator_cpu_s
         )
     }
