@@ -12,7 +12,7 @@ use stampede::router::{Draft, Sequenced};
 use stampede::store::writer::{Committed, Item, spawn};
 use stampede::store::{Durability, open};
 
-const MESSAGES: u64 = 200_000;
+const MESSAGES: u64 = 500_000;
 const ROOMS: u64 = 100;
 
 fn run(durability: Durability, max_batch: usize) {
@@ -61,7 +61,7 @@ fn main() {
         return;
     }
     for d in [Durability::Full, Durability::Normal, Durability::Off] {
-        for batch in [64, 1024] {
+        for batch in [1024, 8192] {
             run(d, batch);
         }
     }

@@ -196,7 +196,7 @@ settings! {
     /// it takes whatever has queued, up to this). One fsync covers a batch;
     /// bigger batches raise throughput, and a batch is only as big as what
     /// queued while the previous one was being written.
-    persist_batch: usize = 4096, env "STAMPEDE_PERSIST_BATCH", default_help "4096";
+    persist_batch: usize = 8192, env "STAMPEDE_PERSIST_BATCH", default_help "8192";
     /// Reader threads for replays and the history API (each has its own
     /// read-only SQLite connection; WAL readers never block the writer).
     read_threads: usize = 2, env "STAMPEDE_READ_THREADS", default_help "2";

@@ -95,7 +95,33 @@ const MIGRATIONS: &[&str] = &[
         added_ms    INTEGER NOT NULL,
         PRIMARY KEY (user, token)
      ) WITHOUT ROWID;",
+    // 2: messages become a rowid table with a (room, seq) index. Keyed by
+    // (room, seq) itself, every batch dirtied pages all over the table
+    // (each room's rows sat together): 3.4 KB written per 100-byte message.
+    // Appending rows in commit order and indexing only (room, seq) writes
+    // 1.4 KB and doubles the writer's rate (benches/RESULTS.md). The
+    // timestamp index goes: retention finds a room's first fresh row by
+    // walking the room's rows in seq order.
+    "CREATE TABLE messages_v2 (
+        id          INTEGER PRIMARY KEY,
+        room        TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        message_id  TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        ts_ms       INTEGER NOT NULL,
+        headers     TEXT NOT NULL,   -- user headers of the SEND, JSON [[name, value], ...]
+        body        BLOB NOT NULL
+     );
+     INSERT INTO messages_v2 (room, seq, message_id, sender, ts_ms, headers, body)
+        SELECT room, seq, message_id, sender, ts_ms, headers, body FROM messages
+        ORDER BY ts_ms, room, seq;
+     DROP TABLE messages;
+     ALTER TABLE messages_v2 RENAME TO messages;
+     CREATE UNIQUE INDEX messages_room_seq ON messages (room, seq);",
 ];
+
+/// WAL pages between automatic checkpoints (4 KiB pages: ~40 MB).
+pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -114,6 +140,10 @@ pub fn open(dir: &Path, durability: Durability) -> Result<Connection, StoreError
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", durability.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoint the WAL into the database every ~40 MB instead of SQLite's
+    // 4 MB: fewer, larger checkpoints cost the writer less (measured +25%
+    // with synchronous=FULL); readers are unaffected.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     migrate(&conn)?;
     Ok(conn)
 }
@@ -311,6 +341,48 @@ mod tests {
             .pragma_query_value(None, "synchronous", |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 1, "NORMAL");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn migrates_a_version_1_database_keeping_its_messages() {
+        let dir = tmp();
+        {
+            let c = Connection::open(dir.join(DB_FILE)).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            for seq in 1..=3 {
+                c.execute(
+                    "INSERT INTO messages VALUES ('r', ?1, 'r:' || ?1, 'al', ?1, '[[\"k\",\"v\"]]', x'ff')",
+                    [seq],
+                )
+                .unwrap();
+            }
+            c.execute("INSERT INTO rooms VALUES ('r', 3, 0)", []).unwrap();
+        }
+        let c = open(&dir, Durability::Off).unwrap();
+        let page = read_page(&c, "r", Range::After { after: 1, upto: 9 }, 10, 1 << 20).unwrap();
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(&*page.messages[0].draft.body, &[0xff]);
+        assert_eq!(page.messages[0].draft.headers, vec![("k".into(), "v".into())]);
+        assert_eq!(last_seq(&c, "r").unwrap(), 3);
+        let unique: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type='index' AND name='messages_room_seq'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(unique, 1);
+        // (room, seq) stays unique.
+        assert!(
+            c.execute(
+                "INSERT INTO messages (room, seq, message_id, sender, ts_ms, headers, body) VALUES ('r', 3, 'r:3', 'x', 0, '[]', x'')",
+                []
+            )
+            .is_err()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
