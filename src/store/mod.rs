@@ -63,6 +63,21 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+/// Niceness of the store's threads (writer, readers, retention). They share
+/// cores with the shards; when both want a core, the shard (the message
+/// path) should win, and a writer that falls behind is what back-pressure
+/// is for. Linux applies `setpriority` per thread.
+pub const STORE_THREAD_NICE: i32 = 10;
+
+/// Lower the calling thread's priority to [`STORE_THREAD_NICE`].
+pub fn lower_thread_priority() {
+    // SAFETY: gettid and setpriority on our own thread; failure is harmless.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, STORE_THREAD_NICE);
+    }
+}
+
 /// The schema, one step per version; `MIGRATIONS[i]` takes the database
 /// from version `i` to `i + 1`. Never edit a released step: add one.
 const MIGRATIONS: &[&str] = &[
@@ -358,14 +373,18 @@ mod tests {
                 )
                 .unwrap();
             }
-            c.execute("INSERT INTO rooms VALUES ('r', 3, 0)", []).unwrap();
+            c.execute("INSERT INTO rooms VALUES ('r', 3, 0)", [])
+                .unwrap();
         }
         let c = open(&dir, Durability::Off).unwrap();
         let page = read_page(&c, "r", Range::After { after: 1, upto: 9 }, 10, 1 << 20).unwrap();
         let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![2, 3]);
         assert_eq!(&*page.messages[0].draft.body, &[0xff]);
-        assert_eq!(page.messages[0].draft.headers, vec![("k".into(), "v".into())]);
+        assert_eq!(
+            page.messages[0].draft.headers,
+            vec![("k".into(), "v".into())]
+        );
         assert_eq!(last_seq(&c, "r").unwrap(), 3);
         let unique: i64 = c
             .query_row(

@@ -34,6 +34,7 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("stampede-reader-{i}"))
                 .spawn(move || {
+                    super::lower_thread_priority();
                     while let Ok(job) = rx.recv() {
                         job(&conn);
                     }

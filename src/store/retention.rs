@@ -39,6 +39,7 @@ pub fn spawn<T: Send + 'static>(
     std::thread::Builder::new()
         .name("stampede-retention".into())
         .spawn(move || {
+            super::lower_thread_priority();
             loop {
                 std::thread::sleep(every);
                 if !pass(&writer, policy, crate::shard::now_ms()) {

@@ -80,7 +80,10 @@ where
     let (tx, rx) = bounded(capacity.max(1));
     let handle = std::thread::Builder::new()
         .name("stampede-writer".into())
-        .spawn(move || run(conn, rx, max_batch.max(1), on_commit))?;
+        .spawn(move || {
+            super::lower_thread_priority();
+            run(conn, rx, max_batch.max(1), on_commit)
+        })?;
     Ok((tx, handle))
 }
 
