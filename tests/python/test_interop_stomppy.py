@@ -231,3 +231,33 @@ def test_stomppy_error_reported(server, conns):
     assert "destination" in f.headers["message"].lower()
     assert f.headers.get("receipt-id") == "bad"
     assert lst.disconnected.wait(TIMEOUT)
+
+
+@pytest.mark.parametrize("kind", ["tcp12", "ws"])
+def test_stomppy_reconnect_with_since_seq_replays_what_was_missed(server, conns, kind):
+    """A stomp.py client that saw seq 2 reconnects with x-since-seq:2 and
+    gets 3..5 from the store, then live messages; escaped headers survive
+    the round trip through SQLite."""
+    room = uid()
+    dest = f"/topic/{room}"
+    pub = make_conn(server, kind)
+    conns.append(pub)
+    plst = _connect(pub, login="writer")
+    for i in range(1, 6):
+        pub.send(dest, f"m{i}", headers={"x-custom": f"a:b\nc{i}"}, receipt=f"r{i}")
+        plst.receipt(f"r{i}")
+    sub = make_conn(server, kind)
+    conns.append(sub)
+    slst = _connect(sub, login="reader")
+    sub.subscribe(dest, id="again", headers={"x-since-seq": "2"}, receipt="r-sub")
+    slst.receipt("r-sub")
+    got = [slst.message() for _ in range(3)]
+    assert [m.headers["x-seq"] for m in got] == ["3", "4", "5"]
+    assert [m.body for m in got] == ["m3", "m4", "m5"]
+    assert got[0].headers["x-custom"] == "a:b\nc3"
+    assert got[0].headers["x-sender"] == "writer"
+    assert got[0].headers["message-id"] == f"{room}:3"
+    pub.send(dest, "live", receipt="r-live")
+    plst.receipt("r-live")
+    m = slst.message()
+    assert (m.headers["x-seq"], m.body) == ("6", "live")
