@@ -299,8 +299,11 @@ async fn accept_loop(shard: Rc<Shard>, fd: RawFd, phase: Phase) {
             None
         })
         .await;
-        // Shutting down: dropping the listener closes it.
-        let Some(accepted) = accepted else { return };
+        // Shutting down: dropping the listener closes it (and a connection
+        // accepted in the same instant is closed unread).
+        let Some(accepted) = accepted.filter(|_| !shard.stopping.get()) else {
+            return;
+        };
         match accepted {
             Ok(stream) => {
                 if shard.conn_count() >= max {
