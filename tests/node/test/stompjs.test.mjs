@@ -554,3 +554,36 @@ test('50 subscribers in one room all see the same ordered 200 messages', { timeo
   }
   assertNoErrors(...subs, pubA, pubB);
 });
+
+// ---------------------------------------------------------------------------
+// 8. history: resuming after a reconnect
+
+test('a stompjs client resumes a room with x-since-seq: stored messages, then live', T, async (t) => {
+  const h = await harness(t);
+  const dest = `/topic/${uniqueRoom('resume')}`;
+  const pub = await h.client({ login: 'writer' });
+  for (let i = 1; i <= 5; i++) {
+    // A RECEIPT means the message is stored.
+    await publishConfirmed(pub.client, { destination: dest, body: `m${i}`, headers: { 'x-n': String(i) } });
+  }
+  // A client that saw up to seq 2 before it lost its connection.
+  const back = await h.client({ login: 'reader' });
+  const got = [];
+  await subscribeLive(back.client, dest, (m) => got.push(m), { id: 'resume', 'x-since-seq': '2' });
+  await waitFor(() => got.length >= 3, 5000, () => `3 replayed messages (have ${got.length})`);
+  await publishConfirmed(pub.client, { destination: dest, body: 'live' });
+  await waitFor(() => got.length >= 4, 5000, () => `the live message (have ${got.length})`);
+  await sleep(200);
+  assert.deepEqual(got.map((m) => m.headers['x-seq']), ['3', '4', '5', '6']);
+  assert.deepEqual(got.map((m) => m.body), ['m3', 'm4', 'm5', 'live']);
+  assert.equal(got[0].headers['x-n'], '3');
+  assert.equal(got[0].headers['x-sender'], 'writer');
+
+  // x-replay-last:2 gives the last two, then live.
+  const last = await h.client({ login: 'latecomer' });
+  const tail = [];
+  await subscribeLive(last.client, dest, (m) => tail.push(m), { id: 'tail', 'x-replay-last': '2' });
+  await waitFor(() => tail.length >= 2, 5000, () => `2 replayed messages (have ${tail.length})`);
+  assert.deepEqual(tail.map((m) => m.body), ['m5', 'live']);
+  assertNoErrors(pub, back, last);
+});
