@@ -201,7 +201,7 @@ fn shutdown(running: &Running) {
             messages = w.messages.load(Ordering::Relaxed),
             batches = w.batches.load(Ordering::Relaxed),
             largest_batch = w.largest_batch.load(Ordering::Relaxed),
-            failed_batches = w.failed_batches.load(Ordering::Relaxed),
+            failed_messages = w.failed_messages.load(Ordering::Relaxed),
             "stored"
         );
     }

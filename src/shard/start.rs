@@ -94,12 +94,13 @@ pub struct Running {
     pub writer: Option<Arc<WriterCounters>>,
 }
 
-/// What the writer has done so far (read by main at exit and by /metrics).
+/// What the writer has done so far (logged by main at exit).
 #[derive(Default, Debug)]
 pub struct WriterCounters {
     pub batches: AtomicU64,
     pub messages: AtomicU64,
-    pub failed_batches: AtomicU64,
+    /// Messages that could not be stored (their publishers got an ERROR).
+    pub failed_messages: AtomicU64,
     pub largest_batch: AtomicU64,
 }
 
@@ -121,7 +122,7 @@ fn start_store(
             let size = c.tags.len() as u64;
             counters.batches.fetch_add(1, Ordering::Relaxed);
             if c.error.is_some() {
-                counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                counters.failed_messages.fetch_add(size, Ordering::Relaxed);
             } else {
                 counters.messages.fetch_add(size, Ordering::Relaxed);
             }

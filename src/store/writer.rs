@@ -50,8 +50,10 @@ impl<T> Item<T> {
 #[derive(Debug)]
 pub struct Committed<T> {
     pub tags: Vec<T>,
-    /// `None` when the batch is on disk; the error otherwise (nothing of
-    /// the batch was stored, so none of it may be receipted).
+    /// `None` when these messages are on disk; the error otherwise (none
+    /// of them was stored, so none may be receipted). A batch that fails
+    /// is retried message by message, so an error names only the messages
+    /// that could not be stored even alone.
     pub error: Option<String>,
 }
 
@@ -60,7 +62,10 @@ pub struct Committed<T> {
 pub struct Stats {
     pub batches: u64,
     pub messages: u64,
+    /// Batches that failed as a whole (then retried message by message).
     pub failed_batches: u64,
+    /// Messages that could not be stored even alone.
+    pub failed_messages: u64,
     pub largest_batch: usize,
 }
 
@@ -114,26 +119,75 @@ where
             }
         }
         if !batch.is_empty() {
-            let result = write(&mut conn, &batch);
             stats.batches += 1;
             stats.largest_batch = stats.largest_batch.max(batch.len());
-            match &result {
-                Ok(()) => stats.messages += batch.len() as u64,
+            match write(&mut conn, &batch) {
+                Ok(()) => {
+                    stats.messages += batch.len() as u64;
+                    on_commit(Committed {
+                        tags: batch.drain(..).map(|m| m.tag).collect(),
+                        error: None,
+                    });
+                }
                 Err(e) => {
                     stats.failed_batches += 1;
-                    tracing::error!("storing {} messages failed: {e}", batch.len());
+                    tracing::error!(
+                        "storing a batch of {} messages failed ({e}); storing them one by one",
+                        batch.len()
+                    );
+                    one_by_one(&mut conn, &mut batch, &mut stats, &mut on_commit);
                 }
             }
-            on_commit(Committed {
-                tags: batch.drain(..).map(|m| m.tag).collect(),
-                error: result.err().map(|e| e.to_string()),
-            });
         }
         if let Some(job) = after.take() {
             job(&mut conn);
         }
     }
     stats
+}
+
+/// After a failed batch: store each message in its own transaction, so
+/// one bad message (a duplicate seq, say) fails alone instead of taking
+/// the whole batch with it. Results go out in send order, runs of stored
+/// messages together.
+fn one_by_one<T, F>(
+    conn: &mut Connection,
+    batch: &mut Vec<Persist<T>>,
+    stats: &mut Stats,
+    on_commit: &mut F,
+) where
+    F: FnMut(Committed<T>),
+{
+    let mut stored = Vec::new();
+    for m in batch.drain(..) {
+        match write(conn, std::slice::from_ref(&m)) {
+            Ok(()) => {
+                stats.messages += 1;
+                stored.push(m.tag);
+            }
+            Err(e) => {
+                let d = &m.msg.draft;
+                tracing::error!(room = &*d.room, seq = m.msg.seq, "message not stored: {e}");
+                if !stored.is_empty() {
+                    on_commit(Committed {
+                        tags: std::mem::take(&mut stored),
+                        error: None,
+                    });
+                }
+                stats.failed_messages += 1;
+                on_commit(Committed {
+                    tags: vec![m.tag],
+                    error: Some(e.to_string()),
+                });
+            }
+        }
+    }
+    if !stored.is_empty() {
+        on_commit(Committed {
+            tags: stored,
+            error: None,
+        });
+    }
 }
 
 /// Write one batch in one transaction (all or nothing).
@@ -250,10 +304,10 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_batch_is_reported_with_its_tags_and_stores_nothing() {
+    fn a_bad_message_fails_alone_and_the_rest_of_its_batch_is_stored() {
         let dir = tmp();
         let conn = open(&dir, Durability::Off).unwrap();
-        // (tags, failed) of each batch.
+        // (tags, failed) of each report.
         type Outcomes = Arc<Mutex<Vec<(Vec<u64>, bool)>>>;
         let results: Outcomes = Arc::default();
         let r2 = results.clone();
@@ -266,27 +320,30 @@ mod tests {
         while results.lock().unwrap().is_empty() {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        // The same (room, seq) again: the batch fails as a whole.
-        let bad = vec![msg("a", 2, 2), msg("a", 1, 3)];
-        for m in bad {
+        // The same (room, seq) again, between two good messages.
+        for m in [msg("a", 2, 2), msg("a", 1, 3), msg("b", 1, 4)] {
             tx.send(m).unwrap();
         }
         drop(tx);
         let stats = handle.join().unwrap();
         let results = results.lock().unwrap();
         let tags: Vec<u64> = results.iter().flat_map(|r| r.0.clone()).collect();
-        assert_eq!(tags, vec![1, 2, 3]);
-        assert!(!results[0].1);
-        assert!(results[1..].iter().any(|r| r.1));
-        assert!(stats.failed_batches >= 1);
+        assert_eq!(tags, vec![1, 2, 3, 4], "every tag once, in send order");
+        let failed: Vec<u64> = results
+            .iter()
+            .filter(|r| r.1)
+            .flat_map(|r| r.0.clone())
+            .collect();
+        assert_eq!(failed, vec![3], "only the duplicate failed");
+        assert_eq!(stats.failed_messages, 1);
+        assert_eq!(stats.messages, 3);
         let c = open(&dir, Durability::Off).unwrap();
-        // Seq 2 was in the failed batch with the duplicate (or alone after
-        // it): never stored half.
         let n: i64 = c
             .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
             .unwrap();
-        assert!(n == 1 || n == 2, "{n}");
-        assert_eq!(last_seq(&c, "a").unwrap(), n as u64);
+        assert_eq!(n, 3);
+        assert_eq!(last_seq(&c, "a").unwrap(), 2);
+        assert_eq!(last_seq(&c, "b").unwrap(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

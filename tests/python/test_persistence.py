@@ -451,3 +451,30 @@ def test_sigterm_commits_and_closes_clients_going_away(restartable, room):
     tcp.expect_error("server shutting down")
     srv = restartable()
     assert len(all_history(srv, room)) == 500
+
+
+def test_a_message_the_store_refuses_gets_an_error_not_a_receipt(restartable, tmp_path):
+    """A damaged database (a room's last_seq set back, so the next seq is
+    already stored) refuses the message: its sender gets ERROR with the
+    receipt-id instead of a RECEIPT, and other rooms go on being stored."""
+    room, other = uid("bad"), uid("fine")
+    srv = restartable()
+    c = srv.connected("tcp")
+    for i in range(3):
+        c.send(f"/topic/{room}", f"ok{i}", receipt=True)
+    c.close()
+    assert stop_gracefully(srv) == 0
+    db = sqlite3.connect(tmp_path / "data" / "stampede.db")
+    db.execute("UPDATE rooms SET last_seq = 1 WHERE room = ?", (room,))
+    db.commit()
+    db.close()
+    srv = restartable()
+    good = srv.connected("tcp")
+    good.send(f"/topic/{other}", "fine", receipt=True)
+    bad = srv.connected("tcp")
+    bad.send_frame("SEND", [("destination", f"/topic/{room}"), ("receipt", "r-dup")], "dup")
+    bad.expect_error("message not stored", receipt_id="r-dup")
+    good.send(f"/topic/{other}", "still fine", receipt=True)
+    assert [m["body"] for m in all_history(srv, other)] == ["fine", "still fine"]
+    assert [m["body"] for m in all_history(srv, room)] == ["ok0", "ok1", "ok2"]
+    assert "message not stored" in srv.stderr_text()
