@@ -191,6 +191,7 @@ settings! {
     /// is full, owner shards hold what they sequence and stop reading from
     /// publishing connections until it drains. 65,536 is a few hundred ms of
     /// the writer's peak rate: enough to ride out a slow fsync or checkpoint.
+    /// The queue's slots (136 bytes each, ~9 MB here) are allocated at start.
     persist_queue: usize = 65_536, env "STAMPEDE_PERSIST_QUEUE", default_help "65536";
     /// Most messages the writer commits in one transaction (group commit:
     /// it takes whatever has queued, up to this). One fsync covers a batch;

@@ -510,3 +510,16 @@ impl Shard {
         .detach();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The writer's queue is a crossbeam array channel: its slots are
+    /// allocated up front (`persist_queue` of them), so their size is
+    /// memory the server holds from the start (README: `--persist-queue`).
+    #[test]
+    fn writer_queue_slot_stays_small() {
+        let size = std::mem::size_of::<super::WriterItem>();
+        eprintln!("WriterItem = {size} bytes");
+        assert!(size <= 160, "WriterItem grew to {size} bytes");
+    }
+}
