@@ -154,6 +154,9 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// How long the shutdown waits for the final WAL checkpoint.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long the shutdown waits for everything queued to be committed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -194,6 +197,28 @@ fn shutdown(running: &Running) {
             .is_err()
         {
             break;
+        }
+    }
+    // Fold the write-ahead log into the database, so that after a clean
+    // stop `stampede.db` alone holds everything (a plain copy is a backup).
+    if let Some(store) = &running.store {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job: stampede::store::writer::AfterJob = Box::new(move |conn| {
+            let _ = tx.send(conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"));
+        });
+        if store
+            .writer
+            .send(stampede::store::writer::Item::After(job))
+            .is_ok()
+        {
+            match rx.recv_timeout(CHECKPOINT_TIMEOUT) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!("final checkpoint: {e}"),
+                Err(_) => error!(
+                    "final checkpoint not done within {} s; the WAL is replayed at the next start",
+                    CHECKPOINT_TIMEOUT.as_secs()
+                ),
+            }
         }
     }
     if let Some(w) = &running.writer {

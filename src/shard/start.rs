@@ -92,6 +92,8 @@ pub struct Running {
     pub executors: Vec<ExecutorJoinHandle<()>>,
     pub shards: Arc<[ShardHandle]>,
     pub writer: Option<Arc<WriterCounters>>,
+    /// The store's links (for the last checkpoint at shutdown).
+    pub store: Option<StoreLink>,
 }
 
 /// What the writer has done so far (logged by main at exit).
@@ -238,6 +240,7 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Running> {
         executors: handles,
         shards: shard_handles,
         writer: counters,
+        store,
     })
 }
 

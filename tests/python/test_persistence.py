@@ -449,6 +449,12 @@ def test_sigterm_commits_and_closes_clients_going_away(restartable, room):
         ws.recv_frame(5)
     assert ws.close_code == 1001
     tcp.expect_error("server shutting down")
+    # The log was folded into the database: stampede.db alone is a backup.
+    wal = srv.data_dir / "stampede.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    backup = sqlite3.connect(f"file:{srv.data_dir / 'stampede.db'}?mode=ro&immutable=1", uri=True)
+    assert backup.execute("SELECT count(*) FROM messages WHERE room = ?", (room,)).fetchone()[0] == 500
+    backup.close()
     srv = restartable()
     assert len(all_history(srv, room)) == 500
 
