@@ -122,13 +122,15 @@ fn start_store(
         let n = cfg.shards;
         move |c: Committed<Option<Owed>>| {
             let size = c.tags.len() as u64;
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-            if c.error.is_some() {
-                counters.failed_messages.fetch_add(size, Ordering::Relaxed);
-            } else {
-                counters.messages.fetch_add(size, Ordering::Relaxed);
+            if size > 0 {
+                counters.batches.fetch_add(1, Ordering::Relaxed);
+                if c.error.is_some() {
+                    counters.failed_messages.fetch_add(size, Ordering::Relaxed);
+                } else {
+                    counters.messages.fetch_add(size, Ordering::Relaxed);
+                }
+                counters.largest_batch.fetch_max(size, Ordering::Relaxed);
             }
-            counters.largest_batch.fetch_max(size, Ordering::Relaxed);
             let error: Option<Arc<str>> = c.error.map(Into::into);
             let mut per: Vec<Vec<(ConnToken, Confirm)>> = (0..n).map(|_| Vec::new()).collect();
             for o in c.tags.into_iter().flatten() {
@@ -142,6 +144,8 @@ fn start_store(
                     });
                 }
             }
+            // After every commit and every job the queue has room: ring
+            // the shards that found it full.
             for (i, w) in want_space.iter().enumerate() {
                 if w.swap(false, Ordering::SeqCst) {
                     shards[i].bell.ring();

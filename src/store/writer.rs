@@ -46,7 +46,8 @@ impl<T> Item<T> {
     }
 }
 
-/// The outcome of one batch: every tag, in send order.
+/// The outcome of one batch: every tag, in send order. After each job the
+/// writer also reports an empty `Committed` (no tags): its queue has room.
 #[derive(Debug)]
 pub struct Committed<T> {
     pub tags: Vec<T>,
@@ -141,6 +142,12 @@ where
         }
         if let Some(job) = after.take() {
             job(&mut conn);
+            // An empty report: the queue has room again even when only jobs
+            // were in it (a shard waiting for room learns of it here).
+            on_commit(Committed {
+                tags: Vec::new(),
+                error: None,
+            });
         }
     }
     stats
@@ -300,6 +307,38 @@ mod tests {
             )
             .unwrap();
         assert_eq!((n, body), (9_000, vec![0, 1, 2, 7]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn jobs_run_after_earlier_commits_and_report_room() {
+        let dir = tmp();
+        let conn = open(&dir, Durability::Off).unwrap();
+        let reports: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let r2 = reports.clone();
+        let (tx, handle) = spawn(conn, 16, 16, move |c: Committed<u64>| {
+            r2.lock().unwrap().push(c.tags.len());
+        })
+        .unwrap();
+        let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+        tx.send(msg("a", 1, 1)).unwrap();
+        tx.send(msg("a", 2, 2)).unwrap();
+        for _ in 0..3 {
+            let seen = seen.clone();
+            tx.send(Item::After(Box::new(move |conn| {
+                // Everything queued before the job is committed.
+                seen.lock().unwrap().push(last_seq(conn, "a").unwrap());
+            })))
+            .unwrap();
+        }
+        drop(tx);
+        handle.join().unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![2, 2, 2]);
+        // The messages' report(s), then one empty report per job.
+        let reports = reports.lock().unwrap();
+        let split = reports.iter().position(|&n| n == 0).unwrap();
+        assert_eq!(reports[..split].iter().sum::<usize>(), 2, "{reports:?}");
+        assert_eq!(&reports[split..], &[0, 0, 0], "{reports:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

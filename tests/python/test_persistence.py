@@ -484,3 +484,32 @@ def test_a_message_the_store_refuses_gets_an_error_not_a_receipt(restartable, tm
     assert [m["body"] for m in all_history(srv, other)] == ["fine", "still fine"]
     assert [m["body"] for m in all_history(srv, room)] == ["ok0", "ok1", "ok2"]
     assert "message not stored" in srv.stderr_text()
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_replay_storm_through_a_tiny_writer_queue(server_factory, shards):
+    """A reconnect storm: 150 replaying SUBSCRIBEs at once queue 150 replay
+    barriers behind a 16-slot writer queue; every subscription gets its
+    room's history, then live messages."""
+    srv = server_factory("--shards", str(shards), "--persist-queue", "16",
+                         "--max-subscriptions", "200")
+    rooms = [uid("storm") for _ in range(150)]
+    pub = RawStomp(srv.stomp_port)
+    pub.sock.sendall(b"".join(build_frame("SEND", [("destination", f"/topic/{r}"), ("receipt", f"{r}-{i}")],
+                                          f"{r} {i}") for i in (1, 2, 3) for r in rooms))
+    for _ in range(3 * len(rooms)):
+        assert pub.next().command == "RECEIPT"
+    sub = RawStomp(srv.stomp_port)
+    sub.sock.sendall(b"".join(build_frame("SUBSCRIBE", [("destination", f"/topic/{r}"), ("id", r),
+                                                        ("x-since-seq", "1"), ("receipt", f"sub-{r}")])
+                              for r in rooms))
+    got = {r: [] for r in rooms}
+    receipts = 0
+    while receipts < len(rooms) or sum(map(len, got.values())) < 2 * len(rooms):
+        f = sub.next()
+        if f.command == "RECEIPT":
+            receipts += 1
+        else:
+            assert f.command == "MESSAGE", f
+            got[f["subscription"]].append(int(f["x-seq"]))
+    assert all(seqs == [2, 3] for seqs in got.values()), got
