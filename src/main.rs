@@ -160,6 +160,18 @@ const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the shutdown waits for everything queued to be committed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Wait for up to `n` shards' reports on `rx`, at most `within` in all;
+/// returns how many came.
+fn reports(rx: &std::sync::mpsc::Receiver<usize>, n: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    (0..n)
+        .take_while(|_| {
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_ok()
+        })
+        .count()
+}
+
 /// Graceful shutdown: every shard stops accepting and reading; once every
 /// message handed to the writer is committed (and its RECEIPT queued),
 /// every client is closed with "going away"; then we exit.
@@ -171,34 +183,19 @@ fn shutdown(running: &Running) {
             flushed: tx.clone(),
         });
     }
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    let mut flushed = 0;
-    while flushed < n {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(_) => flushed += 1,
-            Err(_) => {
-                error!(
-                    "shutdown: {} of {n} shards could not hand over everything within {} s",
-                    n - flushed,
-                    DRAIN_TIMEOUT.as_secs()
-                );
-                break;
-            }
-        }
+    let flushed = reports(&rx, n, DRAIN_TIMEOUT);
+    if flushed < n {
+        error!(
+            "shutdown: {} of {n} shards could not hand over everything within {} s",
+            n - flushed,
+            DRAIN_TIMEOUT.as_secs()
+        );
     }
     let (tx, rx) = std::sync::mpsc::channel();
     for s in running.shards.iter() {
         s.send(External::Close { closed: tx.clone() });
     }
-    let deadline = Instant::now() + CLOSE_FLUSH_TIMEOUT + Duration::from_millis(500);
-    for _ in 0..n {
-        if rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_err()
-        {
-            break;
-        }
-    }
+    reports(&rx, n, CLOSE_FLUSH_TIMEOUT + Duration::from_millis(500));
     // Fold the write-ahead log into the database, so that after a clean
     // stop `stampede.db` alone holds everything (a plain copy is a backup).
     if let Some(store) = &running.store {

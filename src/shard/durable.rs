@@ -13,9 +13,8 @@ use tracing::{error, info};
 
 use super::{External, Owed, ReplayFrom, ReplayReq, Shard, ShardHandle, ShardMsg, Work};
 use crate::conn::{ConnToken, Phase};
-use crate::router::OwnedRoom;
 use crate::shard::Confirm;
-use crate::store::pool::Pool;
+use crate::store::pool::{Pool, ReadJob};
 use crate::store::writer::Item;
 use crate::store::{Page, Range, read_page};
 use crate::ws::framing::CloseCode;
@@ -34,37 +33,33 @@ pub struct StoreLink {
     pub want_space: Arc<[AtomicBool]>,
 }
 
-/// Cap on the body and header bytes of one replay page, on top of
-/// `replay_page` messages: a page never takes more than a quarter of the
-/// subscriber's output budget.
-fn replay_page_bytes(max_outbound: usize) -> usize {
-    (max_outbound / 4).max(1)
-}
-
-/// The read job for one replay page: messages after `after` up to `upto`,
-/// answered to the subscriber's shard.
-fn replay_job(
-    req: (Box<str>, ConnToken, u32),
-    after: u64,
-    upto: u64,
-    limit: usize,
-    max_bytes: usize,
-    to: ShardHandle,
-) -> crate::store::pool::ReadJob {
-    Box::new(move |conn| {
-        let (room, token, sub_n) = req;
-        let result = read_page(conn, &room, Range::After { after, upto }, limit, max_bytes)
-            .map_err(|e| e.to_string());
-        to.send(External::ReplayPage {
-            conn: token,
-            sub_n,
-            upto,
-            result,
-        });
-    })
-}
-
 impl Shard {
+    /// The read job for one replay page of subscription `sub_n` of `token`:
+    /// stored messages after `after` up to `upto`, at most `replay_page` of
+    /// them and a quarter of the subscriber's output budget in bytes,
+    /// answered to the subscriber's shard `to`.
+    fn replay_job(
+        &self,
+        room: Box<str>,
+        token: ConnToken,
+        sub_n: u32,
+        (after, upto): (u64, u64),
+        to: ShardHandle,
+    ) -> ReadJob {
+        let limit = self.cfg.replay_page;
+        let max_bytes = (self.cfg.max_outbound_bytes / 4).max(1);
+        Box::new(move |conn| {
+            let result = read_page(conn, &room, Range::After { after, upto }, limit, max_bytes)
+                .map_err(|e| e.to_string());
+            to.send(External::ReplayPage {
+                conn: token,
+                sub_n,
+                upto,
+                result,
+            });
+        })
+    }
+
     /// The reader pool (`None` with `--persist false`).
     pub fn read_pool(&self) -> Option<&Pool> {
         self.store.as_ref().map(|s| &s.pool)
@@ -168,13 +163,7 @@ impl Shard {
         let works = self.loading.borrow_mut().remove(&room).unwrap_or_default();
         match result {
             Ok(last) => {
-                let nshards = self.nshards;
-                self.rooms
-                    .borrow_mut()
-                    .owned
-                    .entry(room)
-                    .or_insert_with(|| OwnedRoom::new(nshards, None))
-                    .next_seq = Some(last + 1);
+                self.owned_room(&mut self.rooms.borrow_mut(), room).next_seq = Some(last + 1);
                 for w in works {
                     self.run_one(w);
                 }
@@ -232,13 +221,8 @@ impl Shard {
     /// later ones reach the subscriber live) and read it once everything
     /// up to there is committed.
     pub(super) fn start_replay(&self, req: ReplayReq) {
-        let nshards = self.nshards;
         let next = self
-            .rooms
-            .borrow_mut()
-            .owned
-            .entry(req.room.clone())
-            .or_insert_with(|| OwnedRoom::new(nshards, None))
+            .owned_room(&mut self.rooms.borrow_mut(), req.room.clone())
             .next_seq;
         let Some(next) = next else {
             self.wait_for_room(Work::Replay(req));
@@ -260,14 +244,7 @@ impl Shard {
             });
             return;
         }
-        let job = replay_job(
-            (req.room, req.conn, req.sub_n),
-            after,
-            upto,
-            self.cfg.replay_page,
-            replay_page_bytes(self.cfg.max_outbound_bytes),
-            to,
-        );
+        let job = self.replay_job(req.room, req.conn, req.sub_n, (after, upto), to);
         let pool = store.pool.clone();
         // A barrier: the read starts once all before it is committed.
         self.persist(Item::After(Box::new(move |_| pool.submit(job))));
@@ -353,14 +330,7 @@ impl Shard {
             )
         };
         if ready {
-            let job = replay_job(
-                (room, token, sub_n),
-                after,
-                upto,
-                self.cfg.replay_page,
-                replay_page_bytes(self.cfg.max_outbound_bytes),
-                self.handles[self.id].clone(),
-            );
+            let job = self.replay_job(room, token, sub_n, (after, upto), self.inbox_handle());
             if store.pool.try_submit(job).is_ok() {
                 return;
             }

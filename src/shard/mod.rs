@@ -433,6 +433,17 @@ impl Shard {
         }
     }
 
+    /// The owner's state of `room`, created on first use: its next seq is
+    /// 1 without a store, and unknown (to be read) with one.
+    fn owned_room<'r>(&self, rooms: &'r mut Rooms, room: Box<str>) -> &'r mut OwnedRoom {
+        let next_seq = self.store.is_none().then_some(1);
+        let nshards = self.nshards;
+        rooms
+            .owned
+            .entry(room)
+            .or_insert_with(|| OwnedRoom::new(nshards, next_seq))
+    }
+
     /// Whether messages are stored (and RECEIPTs wait for the commit).
     pub fn persistent(&self) -> bool {
         self.store.is_some()
@@ -486,11 +497,7 @@ impl Shard {
     fn sequence(&self, draft: Draft, origin: Origin, confirm: Option<Confirm>) {
         let mut rooms = self.rooms.borrow_mut();
         let nshards = self.nshards;
-        let fresh = self.store.is_none().then_some(1);
-        let room = rooms
-            .owned
-            .entry(draft.room.clone())
-            .or_insert_with(|| OwnedRoom::new(nshards, fresh));
+        let room = self.owned_room(&mut rooms, draft.room.clone());
         let Some(seq) = room.next_seq else {
             drop(rooms);
             self.wait_for_room(Work::Publish {
@@ -539,8 +546,7 @@ impl Shard {
         let mut encoded: [Option<Encoded>; 3] = [None, None, None];
         let now = Instant::now();
         for (_, sub) in room.subs.iter_mut() {
-            let conn = sub.conn.clone();
-            let mut c = conn.borrow_mut();
+            let mut c = sub.conn.borrow_mut();
             if c.out.is_closing() || c.fd < 0 {
                 continue;
             }
@@ -564,13 +570,13 @@ impl Shard {
                         ),
                         CloseCode::Policy,
                     );
-                    self.queue_flush(&conn, &mut c);
+                    self.queue_flush(&sub.conn, &mut c);
                 }
                 continue;
             }
             let enc = encoded[sub.version as usize].get_or_insert_with(|| msg.encode(sub.version));
             self.deliver_to(sub, &mut c, enc, msg.seq, now);
-            self.queue_flush(&conn, &mut c);
+            self.queue_flush(&sub.conn, &mut c);
         }
     }
 
@@ -682,12 +688,7 @@ impl Shard {
                 reply,
             } => {
                 let mut rooms = self.rooms.borrow_mut();
-                let nshards = self.nshards;
-                let fresh = self.store.is_none().then_some(1);
-                let owned = rooms
-                    .owned
-                    .entry(room)
-                    .or_insert_with(|| OwnedRoom::new(nshards, fresh));
+                let owned = self.owned_room(&mut rooms, room);
                 match change {
                     Interest::Add => owned.remote[from] = true,
                     Interest::Remove => owned.remote[from] = false,
