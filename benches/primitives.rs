@@ -8,8 +8,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use stampede::conn::Out;
-use stampede::router::{Draft, Sequenced};
+use stampede::message::{Draft, Sequenced};
+use stampede::out::Out;
 use stampede::stomp::frame::{Escaping, Limits, Parsed, Version, parse};
 use stampede::ws::framing::{Event, WsError, WsReader};
 
@@ -91,8 +91,8 @@ fn primitives(c: &mut Criterion) {
         let mut out = Out::new(true, now);
         b.iter(|| {
             out.message(prefix, None, &enc, now);
-            if out.buf.len() > 1 << 20 {
-                out.buf.clear();
+            if out.pending_len() > 1 << 20 {
+                out.consume(out.pending_len());
             }
         })
     });

@@ -8,9 +8,10 @@
 
 use std::time::Instant;
 
-use stampede::router::{Draft, Sequenced};
+use stampede::config::Durability;
+use stampede::message::{Draft, Sequenced};
+use stampede::store::open;
 use stampede::store::writer::{Committed, Item, spawn};
-use stampede::store::{Durability, open};
 
 const MESSAGES: u64 = 500_000;
 const ROOMS: u64 = 100;

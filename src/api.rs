@@ -1,4 +1,10 @@
-//! The HTTP API under `/api/rooms/`: a room's stored history.
+//! The plain HTTP endpoints on `--listen`: `GET /healthz`, the history API
+//! under `/api/rooms/`, `426` for `/ws` without an upgrade, `404` for
+//! everything else. [`route`] answers a request now or returns the store
+//! read that will produce the answer; the shard runs that read on the
+//! reader pool. This module names no shard or connection.
+//!
+//! The history API:
 //!
 //! `GET /api/rooms/{room}/messages` with at most one of `after=N` (seqs
 //! above N, oldest first: reading forward) and `before=N` (the newest seqs
@@ -16,61 +22,64 @@
 //! range holds more: read on with `after` = the last seq, or page back with
 //! `before` = the first. Bad parameters get 400, other methods 405, with a
 //! JSON `{"error": "..."}`. The read runs on the reader pool; the shard only
-//! parses the request and later writes the answer.
+//! routes the request and later writes the answer.
 
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use crate::conn::ConnToken;
-use crate::router::{Sequenced, room_of};
-use crate::shard::{External, Shard};
+use crate::http::{self, Status};
+use crate::message::Sequenced;
+use crate::room::valid_room;
 use crate::store::{Range, read_page};
-use crate::ws::handshake::http_response;
 
-/// Paths this module answers.
-pub const ROOMS_PREFIX: &str = "/api/rooms/";
+/// The history API's paths.
+pub(crate) const ROOMS_PREFIX: &str = "/api/rooms/";
 /// Messages per answer when `limit` is not given.
-pub const DEFAULT_LIMIT: usize = 100;
+pub(crate) const DEFAULT_LIMIT: usize = 100;
 /// Most messages per answer.
-pub const MAX_LIMIT: usize = 1000;
+pub(crate) const MAX_LIMIT: usize = 1000;
 /// Body and header bytes per answer before it is cut short (`has_more`):
 /// 1,000 messages of up to a frame each could otherwise make 64 MiB.
-pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// A parsed history request.
 #[derive(Debug, PartialEq, Eq)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     pub room: String,
     pub range: Range,
     pub limit: usize,
 }
 
-/// An HTTP error answer: status line and message.
+/// An HTTP error answer: status and message.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ApiError(pub &'static str, pub String);
+pub(crate) struct ApiError(pub Status, pub String);
 
-fn error(status: &'static str, msg: impl Into<String>) -> ApiError {
+fn error(status: Status, msg: impl Into<String>) -> ApiError {
     ApiError(status, msg.into())
 }
 
 /// Parse `GET /api/rooms/{room}/messages?...`.
-pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<HistoryQuery, ApiError> {
+pub(crate) fn parse(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<HistoryQuery, ApiError> {
     let rest = path.strip_prefix(ROOMS_PREFIX).unwrap_or("");
     let Some(room) = rest.strip_suffix("/messages") else {
         return Err(error(
-            "404 Not Found",
+            Status::NotFound,
             format!("no such resource {path}; history is at /api/rooms/{{room}}/messages"),
         ));
     };
     if method != "GET" {
         return Err(error(
-            "405 Method Not Allowed",
+            Status::MethodNotAllowed,
             format!("{method} is not allowed here; use GET"),
         ));
     }
-    if room_of(&format!("/topic/{room}")).is_none() {
+    if !valid_room(room) {
         return Err(error(
-            "400 Bad Request",
+            Status::BadRequest,
             format!("invalid room '{room}': 1-128 characters from A-Z a-z 0-9 _ . ~ -"),
         ));
     }
@@ -83,17 +92,17 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<HistoryQue
             "limit" => &mut limit,
             _ => {
                 return Err(error(
-                    "400 Bad Request",
+                    Status::BadRequest,
                     format!("unknown parameter '{k}'; use after, before and limit"),
                 ));
             }
         };
         if slot.is_some() {
-            return Err(error("400 Bad Request", format!("'{k}' given twice")));
+            return Err(error(Status::BadRequest, format!("'{k}' given twice")));
         }
         let n = v.parse::<u64>().map_err(|_| {
             error(
-                "400 Bad Request",
+                Status::BadRequest,
                 format!("'{k}' must be a non-negative integer, got '{v}'"),
             )
         })?;
@@ -104,7 +113,7 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<HistoryQue
         Some(n) if (1..=MAX_LIMIT as u64).contains(&n) => n as usize,
         Some(n) => {
             return Err(error(
-                "400 Bad Request",
+                Status::BadRequest,
                 format!("'limit' must be between 1 and {MAX_LIMIT}, got {n}"),
             ));
         }
@@ -112,7 +121,7 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<HistoryQue
     let range = match (after, before) {
         (Some(_), Some(_)) => {
             return Err(error(
-                "400 Bad Request",
+                Status::BadRequest,
                 "give 'after' (read forward) or 'before' (page back), not both",
             ));
         }
@@ -131,7 +140,7 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<HistoryQue
 }
 
 /// One stored message as JSON.
-pub fn message_json(m: &Sequenced) -> Value {
+pub(crate) fn message_json(m: &Sequenced) -> Value {
     let headers: Map<String, Value> = m
         .draft
         .headers
@@ -156,41 +165,67 @@ pub fn message_json(m: &Sequenced) -> Value {
     })
 }
 
-fn json_response(status: &str, value: &Value) -> Vec<u8> {
-    let mut body = serde_json::to_vec(value).unwrap_or_default();
-    body.push(b'\n');
-    http_response(status, "application/json", &body)
-}
-
 fn error_response(e: &ApiError) -> Vec<u8> {
-    json_response(e.0, &json!({ "error": e.1 }))
+    http::json_error(e.0, &e.1)
 }
 
-/// Answer a request under `/api/rooms/`: `Some(response)` now, or `None`
-/// when the read was handed to the pool (the answer comes back to the
-/// shard as `External::Http`).
-pub fn rooms(
-    shard: &Shard,
-    token: ConnToken,
-    method: &str,
-    path: &str,
-    query: Option<&str>,
-) -> Option<Vec<u8>> {
+/// A store read that produces an HTTP answer (runs on a reader thread).
+pub(crate) type Read = Box<dyn FnOnce(&rusqlite::Connection) -> Vec<u8> + Send>;
+
+/// How a request is answered.
+pub(crate) enum Answer {
+    /// With these bytes, now.
+    Now(Vec<u8>),
+    /// With what this store read produces.
+    Read(Read),
+}
+
+/// Answer a plain HTTP request. `history`: whether messages are stored
+/// (`--persist`).
+pub(crate) fn route(method: &str, path: &str, query: Option<&str>, history: bool) -> Answer {
+    if path.starts_with(ROOMS_PREFIX) {
+        return rooms(method, path, query, history);
+    }
+    Answer::Now(match (method, path) {
+        ("GET", "/healthz") => http::text(Status::Ok, "ok"),
+        (_, "/ws") => http::text(
+            Status::UpgradeRequired,
+            "/ws is a STOMP-over-WebSocket endpoint; connect with a WebSocket client",
+        ),
+        _ => http::text(Status::NotFound, "not found"),
+    })
+}
+
+/// The answer when the reader pool's queue is full.
+pub(crate) fn busy() -> Vec<u8> {
+    error_response(&error(
+        Status::ServiceUnavailable,
+        "all history readers are busy; retry shortly",
+    ))
+}
+
+/// A request under `/api/rooms/`.
+fn rooms(method: &str, path: &str, query: Option<&str>, history: bool) -> Answer {
     let q = match parse(method, path, query) {
         Ok(q) => q,
-        Err(e) => return Some(error_response(&e)),
+        Err(e) => return Answer::Now(error_response(&e)),
     };
-    let Some(pool) = shard.read_pool() else {
-        return Some(error_response(&error(
-            "404 Not Found",
+    if !history {
+        return Answer::Now(error_response(&error(
+            Status::NotFound,
             "history is disabled on this server (--persist false)",
         )));
-    };
-    let to = shard.inbox_handle();
-    let job = Box::new(move |conn: &rusqlite::Connection| {
-        let response = match read_page(conn, &q.room, q.range, q.limit, MAX_ANSWER_BYTES) {
-            Ok(page) => json_response(
-                "200 OK",
+    }
+    Answer::Read(Box::new(
+        move |conn: &rusqlite::Connection| match read_page(
+            conn,
+            &q.room,
+            q.range,
+            q.limit,
+            MAX_ANSWER_BYTES,
+        ) {
+            Ok(page) => http::json(
+                Status::Ok,
                 &json!({
                     "room": q.room,
                     "messages": page.messages.iter().map(message_json).collect::<Vec<_>>(),
@@ -198,28 +233,17 @@ pub fn rooms(
                 }),
             ),
             Err(e) => error_response(&error(
-                "500 Internal Server Error",
+                Status::InternalServerError,
                 format!("reading the history failed: {e}"),
             )),
-        };
-        to.send(External::Http {
-            conn: token,
-            response,
-        });
-    });
-    match pool.try_submit(job) {
-        Ok(()) => None,
-        Err(_) => Some(error_response(&error(
-            "503 Service Unavailable",
-            "all history readers are busy; retry shortly",
-        ))),
-    }
+        },
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::Draft;
+    use crate::message::Draft;
 
     fn p(q: &str) -> Result<HistoryQuery, ApiError> {
         parse("GET", "/api/rooms/lobby/messages", Some(q))
@@ -255,23 +279,23 @@ mod tests {
             "since=3",
         ] {
             let e = p(q).unwrap_err();
-            assert_eq!(e.0, "400 Bad Request", "{q}: {e:?}");
+            assert_eq!(e.0, Status::BadRequest, "{q}: {e:?}");
         }
         assert_eq!(
             parse("GET", "/api/rooms/bad room/messages", None)
                 .unwrap_err()
                 .0,
-            "400 Bad Request"
+            Status::BadRequest
         );
         assert_eq!(
             parse("POST", "/api/rooms/lobby/messages", None)
                 .unwrap_err()
                 .0,
-            "405 Method Not Allowed"
+            Status::MethodNotAllowed
         );
         assert_eq!(
             parse("GET", "/api/rooms/lobby", None).unwrap_err().0,
-            "404 Not Found"
+            Status::NotFound
         );
     }
 

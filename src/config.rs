@@ -12,8 +12,24 @@ use std::str::FromStr;
 
 use clap::Parser;
 
-pub use crate::store::Durability;
 use serde::Deserialize;
+
+/// What a commit survives (`--durability`), mapped by the store to
+/// SQLite's `synchronous`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=FULL`: the WAL is fsynced at every commit; a committed
+    /// (receipted) message survives a crash of the process *and* of the
+    /// machine (power loss).
+    Full,
+    /// `synchronous=NORMAL`: fsync at checkpoints only; survives a crash of
+    /// the process (`kill -9`), may lose the last commits on power loss.
+    Normal,
+    /// `synchronous=OFF`: no fsync at all; survives a crash of the process,
+    /// power loss may lose recent commits or corrupt the database.
+    Off,
+}
 
 /// Where a listener binds, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,24 +1,49 @@
 //! stampede: a thread-per-core STOMP-over-WebSocket group-chat server.
 //!
 //! # Layout
-//! - `config`   — every setting: flag, `STAMPEDE_*` env var, TOML key.
-//! - `stomp`    — the STOMP frame codec (parse client frames, encode server frames).
-//! - `ws`       — HTTP upgrade and WebSocket framing (tungstenite's sans-IO parts).
-//! - `conn`     — a connection: its state, output buffer and I/O task.
-//! - `session`  — what each STOMP frame does for one connection.
-//! - `router`   — rooms: ownership by hash, sequencing, local subscriber index.
-//! - `shard`    — one pinned glommio executor: accept, mesh, fan-out, timers.
-//! - `store`    — SQLite history: schema and migrations, the group-commit writer
-//!   thread (issue 4; not yet on the message path).
+//! Layers, lowest first; a module names only modules of its own or a lower
+//! layer (`scripts/check-layers.py` checks it in the test suite):
 //!
-//! See `ARCHITECTURE.md` for the message flow and who owns what.
+//! 1. Foundations, naming nothing else of the crate but each other's leaves:
+//!    - `config` — every setting: flag, `STAMPEDE_*` env var, TOML key.
+//!    - `clock`  — wall-clock milliseconds for `x-timestamp`.
+//!    - `stomp`  — the STOMP frame codec (parse client frames, encode server frames).
+//!    - `ws`     — the HTTP upgrade request and WebSocket framing (tungstenite's sans-IO parts).
+//!    - `http`   — every HTTP answer the server writes.
+//! 2. Message types:
+//!    - `message` — `Draft` → `Sequenced` → `Encoded`; `Confirm`, `ReplayFrom`, `AckMode`.
+//!    - `room`    — room names, the room hash and `owner_of`.
+//! 3. Parts that hold messages:
+//!    - `store`  — SQLite history: schema, the group-commit writer thread, the
+//!      reader pool, retention. On the message path: the owner shard hands
+//!      every sequenced message to the writer, and RECEIPTs wait for its commit.
+//!    - `index`  — a shard's local subscribers per room (generic over the subscriber).
+//!    - `out`    — a connection's outbound buffer and closing state.
+//! 4. Protocol logic, testable alone:
+//!    - `session` — what each STOMP frame does, behind the `Broker` trait.
+//!    - `api`     — the plain HTTP endpoints (health, history), as answers or store reads.
+//! 5. `conn`   — a connection: its socket (the only owner of the fd), the
+//!    bytes → HTTP / WebSocket / STOMP layers, its session and output.
+//! 6. `shard`  — one pinned glommio executor: connections and flush, rooms and
+//!    fan-out, the mesh to other shards, the durable path, shutdown, timers.
+//! 7. `server` — start-up: listeners, the store's threads, the mesh, the shards.
+//!
+//! The binary (`main.rs`) reads the settings, starts the server, and runs the
+//! graceful shutdown. See `ARCHITECTURE.md` for the threads, who owns what
+//! and the message flow.
 
-pub mod api;
+mod api;
+mod clock;
 pub mod config;
-pub mod conn;
-pub mod router;
-pub mod session;
-pub mod shard;
+mod conn;
+mod http;
+mod index;
+pub mod message;
+pub mod out;
+mod room;
+pub mod server;
+mod session;
+mod shard;
 pub mod stomp;
 pub mod store;
 pub mod ws;

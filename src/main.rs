@@ -10,9 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use stampede::config;
-use stampede::conn::out::CLOSE_FLUSH_TIMEOUT;
-use stampede::shard::External;
-use stampede::shard::start::{Listeners, Running, start};
+use stampede::out::CLOSE_FLUSH_TIMEOUT;
+use stampede::server::{Listeners, Running, StartError, Step, start};
 use tracing::{error, info};
 
 #[global_allocator]
@@ -30,7 +29,7 @@ const MAX_START_ATTEMPTS: u32 = 3;
 /// the cure is to start over: re-exec this binary with the same arguments.
 /// Listeners and the data-dir lock are close-on-exec and go with the old
 /// image.
-fn restart_after_stall(e: &std::io::Error) -> ! {
+fn restart_after_stall(e: &StartError) -> ! {
     use std::os::unix::process::CommandExt;
     let attempt: u32 = std::env::var(ATTEMPT_VAR)
         .ok()
@@ -52,6 +51,32 @@ fn restart_after_stall(e: &std::io::Error) -> ! {
     std::process::exit(1);
 }
 
+/// Exit status after a panic on any thread (EX_SOFTWARE in sysexits.h).
+const PANIC_EXIT: i32 = 70;
+
+/// The panic policy: a panic on any thread — a shard, the SQLite writer, a
+/// reader — ends the whole process at once with status 70, after logging
+/// where it happened. A shard that died while the rest served on would
+/// leave its connections and rooms dark; a dead writer would never send
+/// the RECEIPTs it owes. The supervisor (systemd `Restart=on-failure`, see
+/// `tuning/stampede.service`) starts a fresh process, which recovers every
+/// receipted message from the database. `_exit` skips destructors and
+/// atexit handlers: other threads may hold state the panic left
+/// half-changed.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            "panic: {info}; exiting with status {PANIC_EXIT}"
+        );
+        default(info);
+        // SAFETY: _exit ends the process; nothing runs after it.
+        unsafe { libc::_exit(PANIC_EXIT) };
+    }));
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -59,6 +84,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    exit_on_panic();
 
     let cfg = match config::load() {
         Ok(c) => c,
@@ -116,7 +142,7 @@ fn main() -> ExitCode {
     let http_addr = listeners.http_addr;
     let running = match start(&cfg, listeners) {
         Ok(h) => h,
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => restart_after_stall(&e),
+        Err(e @ StartError::Stalled) => restart_after_stall(&e),
         Err(e) => {
             error!("{e}");
             return ExitCode::from(1);
@@ -176,14 +202,8 @@ fn reports(rx: &std::sync::mpsc::Receiver<usize>, n: usize, within: Duration) ->
 /// message handed to the writer is committed (and its RECEIPT queued),
 /// every client is closed with "going away"; then we exit.
 fn shutdown(running: &Running) {
-    let n = running.shards.len();
-    let (tx, rx) = std::sync::mpsc::channel();
-    for s in running.shards.iter() {
-        s.send(External::Stop {
-            flushed: tx.clone(),
-        });
-    }
-    let flushed = reports(&rx, n, DRAIN_TIMEOUT);
+    let n = running.shards();
+    let flushed = reports(&running.begin(Step::Drain), n, DRAIN_TIMEOUT);
     if flushed < n {
         error!(
             "shutdown: {} of {n} shards could not hand over everything within {} s",
@@ -191,31 +211,25 @@ fn shutdown(running: &Running) {
             DRAIN_TIMEOUT.as_secs()
         );
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    for s in running.shards.iter() {
-        s.send(External::Close { closed: tx.clone() });
-    }
-    reports(&rx, n, CLOSE_FLUSH_TIMEOUT + Duration::from_millis(500));
+    reports(
+        &running.begin(Step::Close),
+        n,
+        CLOSE_FLUSH_TIMEOUT + Duration::from_millis(500),
+    );
     // Fold the write-ahead log into the database, so that after a clean
     // stop `stampede.db` alone holds everything (a plain copy is a backup).
-    if let Some(store) = &running.store {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let job: stampede::store::writer::AfterJob = Box::new(move |conn| {
-            let _ = tx.send(conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"));
-        });
-        if store
-            .writer
-            .send(stampede::store::writer::Item::After(job))
-            .is_ok()
-        {
-            match rx.recv_timeout(CHECKPOINT_TIMEOUT) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => error!("final checkpoint: {e}"),
-                Err(_) => error!(
-                    "final checkpoint not done within {} s; the WAL is replayed at the next start",
-                    CHECKPOINT_TIMEOUT.as_secs()
-                ),
-            }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let checkpoint = Box::new(move |conn: &mut rusqlite::Connection| {
+        let _ = tx.send(conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"));
+    });
+    if running.after_commits(checkpoint) {
+        match rx.recv_timeout(CHECKPOINT_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!("final checkpoint: {e}"),
+            Err(_) => error!(
+                "final checkpoint not done within {} s; the WAL is replayed at the next start",
+                CHECKPOINT_TIMEOUT.as_secs()
+            ),
         }
     }
     if let Some(w) = &running.writer {

@@ -1,38 +1,40 @@
-//! A client connection: its socket state, inbound framing, STOMP session and
-//! outbound buffer. Owned by one shard (`Rc<RefCell<Conn>>`); its I/O task
-//! is in `io.rs`.
+//! A client connection: its socket, inbound framing, STOMP session and
+//! outbound buffer, and what its bytes mean (`io.rs`: HTTP head → WebSocket
+//! frames → STOMP frames → the session).
+//!
+//! A connection knows nothing of shards: what it cannot do itself (answer
+//! a plain HTTP request, move to another shard after the upgrade) it hands
+//! back to its owner as an [`Outcome`]; what its session needs from the
+//! server goes through the session's `Broker`.
 //!
 //! Memory per idle connection is a headline figure, so nothing here holds a
 //! buffer while idle: reads go to the shard's scratch buffer, `inbuf` holds
 //! only an unfinished frame, `out` is freed once the socket took it.
 
-pub mod io;
-pub mod out;
+mod io;
+mod sock;
 
-use std::cell::RefCell;
-use std::os::fd::RawFd;
-use std::rc::Rc;
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+pub(crate) use io::{READ_PAUSE_OUTBOUND, with_scratch};
+pub(crate) use sock::Sock;
+
+use crate::out::Out;
 use crate::session::Session;
 use crate::ws::framing::WsReader;
-pub use out::Out;
-
-/// Shared handle to a connection; only ever used on its own shard.
-pub type ConnRef = Rc<RefCell<Conn>>;
 
 /// Names a connection on its shard across time: slab key plus a serial, so
 /// a late reply for a closed connection never reaches its slot's successor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnToken {
+pub(crate) struct ConnToken {
     pub key: u32,
     pub serial: u32,
 }
 
 /// Which protocol the bytes on this socket speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// `--listen` before the upgrade: collecting the HTTP request head.
     Http,
     /// A plain HTTP request waiting for its answer from the reader pool
@@ -44,41 +46,77 @@ pub enum Phase {
     Stomp,
 }
 
+/// What the connection's task waits for next.
+pub(crate) enum Ev {
+    /// This many bytes were read into the scratch buffer.
+    Read(usize),
+    /// The connection is finished (closed, aborted, or the peer left).
+    Done,
+}
+
+/// What a connection hands back to its owner after reading.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// A plain HTTP request: answer it (`Conn::answer_http`, or later).
+    Request {
+        method: String,
+        path: String,
+        query: Option<String>,
+    },
+    /// A valid WebSocket upgrade: take it here (`Conn::upgrade`) or move
+    /// the connection to the shard that owns `room`.
+    Upgrade {
+        /// The `101` answer to send.
+        answer: Vec<u8>,
+        /// Bytes after the request head (the first WebSocket frames).
+        rest: Vec<u8>,
+        /// `room` from `/ws?room=R`.
+        room: Option<String>,
+    },
+}
+
 /// One client connection.
-pub struct Conn {
-    pub token: ConnToken,
-    pub fd: RawFd,
-    pub phase: Phase,
+pub(crate) struct Conn {
+    token: ConnToken,
+    /// The socket; `None` once the connection is finished (nothing may
+    /// write to it any more).
+    sock: Option<Sock>,
+    phase: Phase,
     /// Inbound WebSocket framing state (unused for plain STOMP).
-    pub ws: WsReader,
+    ws: WsReader,
     /// An unfinished STOMP frame (or HTTP head) carried to the next read.
-    pub inbuf: Vec<u8>,
+    inbuf: Vec<u8>,
     /// Length `inbuf` must reach before re-parsing can make progress.
-    pub need: usize,
-    pub session: Session,
-    pub out: Out,
-    /// Reading is suspended because a queue towards another shard is full.
-    pub paused: bool,
-    /// Wakes the connection's I/O task (to write, close or resume reading).
-    pub waker: Option<Waker>,
+    need: usize,
+    session: Session,
+    out: Out,
+    /// Reading is suspended (a queue towards another shard or the writer
+    /// is full, or the shard is shutting down).
+    paused: bool,
+    /// Wakes the connection's task (to write, close or resume reading).
+    waker: Option<Waker>,
     /// When the connection was accepted (for the connect timeout).
-    pub created: Instant,
+    created: Instant,
     /// Last time the client sent anything (for heart-beat timeouts).
-    pub last_read: Instant,
+    last_read: Instant,
 }
 
 impl Conn {
-    pub fn new(token: ConnToken, fd: RawFd, phase: Phase) -> Conn {
+    /// A connection on `sock`; `outbound` is sent first (a moved
+    /// connection's upgrade answer).
+    pub fn new(token: ConnToken, sock: Sock, phase: Phase, outbound: &[u8]) -> Conn {
         let now = Instant::now();
+        let mut out = Out::new(phase == Phase::Ws, now);
+        out.raw(outbound);
         Conn {
             token,
-            fd,
+            sock: Some(sock),
             phase,
             ws: WsReader::default(),
             inbuf: Vec::new(),
             need: 0,
             session: Session::default(),
-            out: Out::new(phase == Phase::Ws, now),
+            out,
             paused: false,
             waker: None,
             created: now,
@@ -86,27 +124,143 @@ impl Conn {
         }
     }
 
-    /// Wake the I/O task, if it waits.
+    pub fn token(&self) -> ConnToken {
+        self.token
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The socket is still open (the connection's task has not ended).
+    pub fn is_open(&self) -> bool {
+        self.sock.is_some()
+    }
+
+    pub fn out(&self) -> &Out {
+        &self.out
+    }
+
+    pub fn out_mut(&mut self) -> &mut Out {
+        &mut self.out
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The session and the output it writes to.
+    pub fn session_out(&mut self) -> (&mut Session, &mut Out) {
+        (&mut self.session, &mut self.out)
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Stop reading this connection until `resume`.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Read again; the client may have been talking all along while we
+    /// were not reading, so its silence so far does not count.
+    pub fn resume(&mut self, now: Instant) {
+        self.paused = false;
+        self.last_read = now;
+        self.wake();
+    }
+
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    pub fn last_read(&self) -> Instant {
+        self.last_read
+    }
+
+    /// The HTTP answer will come later (from the reader pool): ignore
+    /// further input meanwhile.
+    pub fn await_http_answer(&mut self) {
+        self.phase = Phase::HttpWait;
+    }
+
+    /// Wake the connection's task, if it waits.
     pub fn wake(&self) {
         if let Some(w) = &self.waker {
             w.wake_by_ref();
         }
+    }
+
+    /// The connection is closing: remove its subscriptions, drop its
+    /// transactions.
+    pub fn end_session(&mut self, broker: &impl crate::session::Broker) {
+        self.session.unsubscribe_all(broker);
+    }
+
+    /// The connection's task ends: close the socket (nothing can write to
+    /// it afterwards), drop the waker.
+    pub fn finish(&mut self) {
+        self.sock = None;
+        self.out.abort();
+        self.waker = None;
+    }
+
+    /// The socket, to hand the connection to another shard.
+    pub fn sock(&self) -> Option<&Sock> {
+        self.sock.as_ref()
+    }
+
+    /// Send what is queued with one `send`, straight from the shard's
+    /// flush. If the socket does not take it all, the connection's task
+    /// takes over (waiting for writability); it is woken whenever it has
+    /// something to do (blocked output, closing, aborted).
+    pub fn flush(&mut self) {
+        let Some(sock) = &self.sock else { return };
+        if !self.out.is_write_blocked() && self.out.pending_len() > 0 {
+            match sock.send_now(self.out.pending()) {
+                Ok(n) => self.out.consume(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!("send: {e}");
+                    self.out.abort();
+                }
+            }
+            if self.out.pending_len() > 0 {
+                self.out.set_write_blocked();
+            }
+        }
+        if self.out.is_write_blocked() || self.out.is_closing() || self.out.is_aborted() {
+            self.wake();
+        }
+    }
+
+    /// One poll of everything the connection's task waits for: writability
+    /// while output is blocked, the end of a close, and readability (into
+    /// the shard's scratch buffer).
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        io::poll(self, cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     /// Keeps an eye on the per-connection struct: it is most of an idle
-    /// session's memory (the budget is 2 KiB per session in all).
+    /// session's memory (the budget is 2 KiB per session in all). It holds
+    /// the socket's stream itself, which the connection's task held before.
     #[test]
     fn conn_stays_small() {
         let size = std::mem::size_of::<std::cell::RefCell<super::Conn>>();
         eprintln!(
-            "RefCell<Conn> = {size} bytes, Session = {}, Out = {}, WsReader = {}",
+            "RefCell<Conn> = {size} bytes, Session = {}, Out = {}, WsReader = {}, Sock = {}",
             std::mem::size_of::<crate::session::Session>(),
-            std::mem::size_of::<super::Out>(),
-            std::mem::size_of::<crate::ws::framing::WsReader>()
+            std::mem::size_of::<crate::out::Out>(),
+            std::mem::size_of::<crate::ws::framing::WsReader>(),
+            std::mem::size_of::<super::Sock>()
         );
-        assert!(size <= 512, "Conn grew to {size} bytes");
+        assert!(size <= 640, "Conn grew to {size} bytes");
     }
 }

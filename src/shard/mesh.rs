@@ -16,16 +16,16 @@
 //! queue is full the producer sets `want_space` for that pair; the consumer
 //! rings the producer's bell once it has drained that queue.
 
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
-use super::ShardMsg;
+use super::msg::ShardMsg;
 
 /// What travels between shards: one slot per flush, not per message.
-pub type Batch = Vec<ShardMsg>;
+pub(crate) type Batch = Vec<ShardMsg>;
 
 /// A shard's wake-up: a flag and the write end of its socketpair.
 struct Doorbell {
@@ -41,7 +41,7 @@ struct Bells {
 }
 
 /// One shard's end of the mesh (built on the main thread, moved to the shard).
-pub struct MeshEnd {
+pub(crate) struct MeshEnd {
     pub id: usize,
     n: usize,
     /// `tx[to]`: queue from this shard to `to` (`None` for itself).
@@ -56,7 +56,7 @@ pub struct MeshEnd {
 /// Rings one shard's doorbell from any thread (the writer, the reader
 /// pool, main): cheap to clone, `Send`.
 #[derive(Clone)]
-pub struct Ringer {
+pub(crate) struct Ringer {
     bells: Arc<Bells>,
     id: usize,
 }
@@ -86,7 +86,7 @@ impl Bells {
 }
 
 /// Build the mesh for `n` shards with `capacity` batches per queue.
-pub fn build(n: usize, capacity: usize) -> std::io::Result<Vec<MeshEnd>> {
+pub(crate) fn build(n: usize, capacity: usize) -> std::io::Result<Vec<MeshEnd>> {
     let mut bells = Vec::with_capacity(n);
     let mut readers = Vec::with_capacity(n);
     for _ in 0..n {
@@ -128,7 +128,7 @@ pub fn build(n: usize, capacity: usize) -> std::io::Result<Vec<MeshEnd>> {
 }
 
 /// Result of offering a batch to a peer.
-pub enum Offer {
+pub(crate) enum Offer {
     Sent,
     /// The queue is full; the batch comes back. The peer rings our bell
     /// once it has made room.
@@ -138,12 +138,14 @@ pub enum Offer {
 }
 
 impl MeshEnd {
+    /// Number of shards in the mesh.
+    pub fn shards(&self) -> usize {
+        self.n
+    }
+
     /// The fd to wait on for this shard's doorbell (taken once).
-    pub fn take_bell_fd(&mut self) -> RawFd {
-        self.bell_rx
-            .take()
-            .expect("doorbell taken once")
-            .into_raw_fd()
+    pub fn take_bell_fd(&mut self) -> OwnedFd {
+        self.bell_rx.take().expect("doorbell taken once")
     }
 
     /// Offer a batch to `to` and ring its bell. Runs on this shard.
@@ -213,10 +215,17 @@ impl MeshEnd {
 mod tests {
     use super::*;
 
-    fn bell_bytes(fd: RawFd) -> isize {
+    fn bell_bytes(fd: &OwnedFd) -> isize {
         let mut buf = [0u8; 16];
         // SAFETY: reading into a local buffer.
-        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) }
+        unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        }
     }
 
     #[test]
@@ -226,7 +235,7 @@ mod tests {
         let bell0 = ends[0].take_bell_fd();
         assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Sent));
         assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Sent));
-        assert_eq!(bell_bytes(bell1), 1, "rung once while not cleared");
+        assert_eq!(bell_bytes(&bell1), 1, "rung once while not cleared");
         assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Full(_)));
         ends[1].clear_bell();
         let mut got = 0;
@@ -239,11 +248,11 @@ mod tests {
         );
         assert_eq!(got, 2);
         assert_eq!(
-            bell_bytes(bell0),
+            bell_bytes(&bell0),
             1,
             "the producer that wanted space is rung"
         );
         assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Sent));
-        assert_eq!(bell_bytes(bell1), 1);
+        assert_eq!(bell_bytes(&bell1), 1);
     }
 }

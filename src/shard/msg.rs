@@ -10,12 +10,12 @@ use crossbeam_channel::Sender;
 
 use super::mesh::Ringer;
 use crate::conn::ConnToken;
-use crate::router::{Draft, Sequenced};
-use crate::store::Page;
+use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
+use crate::store::{Page, StoreError};
 
 /// A change in whether the sending shard has subscribers of a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interest {
+pub(crate) enum Interest {
     /// The sender now has subscribers: send it the room's messages.
     Add,
     /// The sender has none left.
@@ -24,39 +24,18 @@ pub enum Interest {
     Sync,
 }
 
-/// What the publisher is owed once its message is stored (or, with
-/// persistence off, sequenced).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Confirm {
-    /// A SEND's own `receipt`.
-    Receipt(Box<str>),
-    /// One SEND of a transaction whose COMMIT asked for a receipt: the
-    /// session counts these down (`Session::groups`) and answers the COMMIT
-    /// when the last is stored.
-    Group(u32),
-}
-
 /// A confirmation owed to connection `conn` on shard `shard`: the tag that
 /// travels with a message through the writer.
 #[derive(Debug)]
-pub struct Owed {
+pub(crate) struct Owed {
     pub shard: usize,
     pub conn: ConnToken,
     pub what: Confirm,
 }
 
-/// Where a replay starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayFrom {
-    /// `x-since-seq:N`: every stored message with seq > N.
-    Since(u64),
-    /// `x-replay-last:K`: the last K.
-    Last(u64),
-}
-
 /// A subscription asks its room's owner for a replay.
 #[derive(Debug, Clone)]
-pub struct ReplayReq {
+pub(crate) struct ReplayReq {
     pub room: Box<str>,
     pub from: ReplayFrom,
     /// The subscriber: its shard, connection and subscription number.
@@ -66,7 +45,7 @@ pub struct ReplayReq {
 }
 
 #[derive(Debug)]
-pub enum ShardMsg {
+pub(crate) enum ShardMsg {
     /// To a room's owner: sequence and fan out this message. `origin` is the
     /// publishing connection on the sending shard, for its confirmation.
     Publish {
@@ -110,17 +89,17 @@ pub enum ShardMsg {
 }
 
 /// From a plain thread to a shard.
-pub enum External {
+pub(crate) enum External {
     /// A writer batch with confirmations owed to this shard's connections
     /// is committed (`error: None`) or failed (nothing of it was stored).
     Committed {
         owed: Vec<(ConnToken, Confirm)>,
-        error: Option<Arc<str>>,
+        error: Option<Arc<StoreError>>,
     },
     /// The last stored seq of a room this shard owns (0: none stored).
     RoomLoaded {
         room: Box<str>,
-        result: Result<u64, String>,
+        result: Result<u64, StoreError>,
     },
     /// A page of a replay for subscription `sub_n` of `conn`, covering
     /// stored seqs up to `upto` (later ones reach it live).
@@ -128,7 +107,7 @@ pub enum External {
         conn: ConnToken,
         sub_n: u32,
         upto: u64,
-        result: Result<Page, String>,
+        result: Result<Page, StoreError>,
     },
     /// The answer to an HTTP request that waited for the reader pool.
     Http { conn: ConnToken, response: Vec<u8> },
@@ -138,6 +117,9 @@ pub enum External {
     Stop {
         flushed: std::sync::mpsc::Sender<usize>,
     },
+    /// Fault injection (tests only): panic on this shard's thread.
+    #[cfg(feature = "fault-injection")]
+    Panic,
     /// Graceful shutdown, last step: close every client (WebSocket close
     /// 1001 "going away", ERROR on plain STOMP) and report once they are
     /// gone or the close deadline passed.
@@ -155,7 +137,7 @@ pub enum External {
 /// step. A bounded channel here would make the writer wait on a shard,
 /// which is the one wait the design forbids.
 #[derive(Clone)]
-pub struct ShardHandle {
+pub(crate) struct ShardHandle {
     pub tx: Sender<External>,
     pub bell: Ringer,
 }

@@ -14,35 +14,20 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::router::{Draft, Sequenced};
 use thiserror::Error;
+
+pub use crate::config::Durability;
+use crate::message::{Draft, Sequenced};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "stampede.db";
 
-/// What a commit survives, mapped to SQLite's `synchronous`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// `synchronous=FULL`: the WAL is fsynced at every commit; a committed
-    /// (receipted) message survives a crash of the process *and* of the
-    /// machine (power loss).
-    Full,
-    /// `synchronous=NORMAL`: fsync at checkpoints only; survives a crash of
-    /// the process (`kill -9`), may lose the last commits on power loss.
-    Normal,
-    /// `synchronous=OFF`: no fsync at all; survives a crash of the process,
-    /// power loss may lose recent commits or corrupt the database.
-    Off,
-}
-
-impl Durability {
-    fn pragma(self) -> &'static str {
-        match self {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-            Durability::Off => "OFF",
-        }
+/// SQLite's `synchronous` value for a durability setting.
+fn synchronous(d: Durability) -> &'static str {
+    match d {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+        Durability::Off => "OFF",
     }
 }
 
@@ -153,7 +138,7 @@ pub fn open(dir: &Path, durability: Durability) -> Result<Connection, StoreError
     // the database busy (a checkpoint) waits this long instead of failing.
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", durability.pragma())?;
+    conn.pragma_update(None, "synchronous", synchronous(durability))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Checkpoint the WAL into the database every ~40 MB instead of SQLite's
     // 4 MB: fewer, larger checkpoints cost the writer less (measured +25%

@@ -42,7 +42,7 @@ pub fn spawn<T: Send + 'static>(
             super::lower_thread_priority();
             loop {
                 std::thread::sleep(every);
-                if !pass(&writer, policy, crate::shard::now_ms()) {
+                if !pass(&writer, policy, crate::clock::now_ms()) {
                     return; // the writer is gone
                 }
             }

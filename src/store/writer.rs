@@ -22,7 +22,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rusqlite::{Connection, params};
 
-use crate::router::Sequenced;
+use super::StoreError;
+use crate::message::Sequenced;
 
 /// One sequenced message to store, with the caller's `tag` (who to tell).
 #[derive(Debug)]
@@ -55,7 +56,7 @@ pub struct Committed<T> {
     /// of them was stored, so none may be receipted). A batch that fails
     /// is retried message by message, so an error names only the messages
     /// that could not be stored even alone.
-    pub error: Option<String>,
+    pub error: Option<StoreError>,
 }
 
 /// What the writer did, returned when its channel closes.
@@ -184,7 +185,7 @@ fn one_by_one<T, F>(
                 stats.failed_messages += 1;
                 on_commit(Committed {
                     tags: vec![m.tag],
-                    error: Some(e.to_string()),
+                    error: Some(StoreError::from(e)),
                 });
             }
         }
@@ -245,7 +246,7 @@ fn write<T>(conn: &mut Connection, batch: &[Persist<T>]) -> rusqlite::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::Draft;
+    use crate::message::Draft;
     use crate::store::{Durability, last_seq, open};
     use std::sync::{Arc, Mutex};
 

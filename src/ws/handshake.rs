@@ -127,31 +127,6 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> 
     )))
 }
 
-/// The `101 Switching Protocols` answer.
-pub fn upgrade_response(accept: &str, protocol: Option<&str>) -> Vec<u8> {
-    let mut r = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
-    );
-    if let Some(p) = protocol {
-        r.push_str("Sec-WebSocket-Protocol: ");
-        r.push_str(p);
-        r.push_str("\r\n");
-    }
-    r.push_str("\r\n");
-    r.into_bytes()
-}
-
-/// A complete plain HTTP answer that closes the connection.
-pub fn http_response(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body);
-    r
-}
-
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

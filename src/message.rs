@@ -1,11 +1,46 @@
-//! A chat message on its way: `Draft` (as published) → `Sequenced` (the
-//! owner gave it a place in the room) → `Encoded` (the bytes every local
-//! subscriber of one STOMP version shares).
+//! A chat message on its way, and the small values that travel with it.
+//!
+//! `Draft` (as published) → `Sequenced` (the owner gave it a place in the
+//! room) → `Encoded` (the bytes every local subscriber of one STOMP version
+//! shares). `Confirm` is what its publisher is owed, `ReplayFrom` where a
+//! subscription's replay starts, `AckMode` how a subscription acknowledges.
+//! These are the types every layer above (store, session, shard) shares;
+//! this module names nothing above the codecs.
 
 use crate::stomp::frame::{Escaping, Version, escape_into, escape_name_into};
 
+/// What the publisher is owed once its message is stored (or, with
+/// persistence off, sequenced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Confirm {
+    /// A SEND's own `receipt`.
+    Receipt(Box<str>),
+    /// One SEND of a transaction whose COMMIT asked for a receipt: the
+    /// session counts these down and answers the COMMIT when the last is
+    /// stored.
+    Group(u32),
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplayFrom {
+    /// `x-since-seq:N`: every stored message with seq > N.
+    Since(u64),
+    /// `x-replay-last:K`: the last K.
+    Last(u64),
+}
+
+/// How a subscription acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckMode {
+    Auto,
+    /// Cumulative: an ACK covers every earlier message of the subscription.
+    Client,
+    ClientIndividual,
+}
+
 /// Headers the server sets on MESSAGE; a SEND cannot supply them.
-pub const RESERVED_HEADERS: [&str; 10] = [
+pub(crate) const RESERVED_HEADERS: [&str; 10] = [
     "destination",
     "receipt",
     "transaction",
@@ -19,7 +54,7 @@ pub const RESERVED_HEADERS: [&str; 10] = [
 ];
 
 /// A published message before it has a sequence number.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Draft {
     pub room: Box<str>,
     /// The authenticated user (`x-sender`).

@@ -1,9 +1,14 @@
 //! The outbound side of a connection: one contiguous buffer of encoded
-//! frames, written with one `send` per batch, freed when drained.
+//! frames, written with one `send` per batch, freed when drained; and the
+//! connection's closing state (a connection closes by flushing what is
+//! queued, a WebSocket close frame last).
+//!
+//! Owned by the connection; whoever writes to the socket (the shard's flush,
+//! the connection's task) takes `pending()` and reports `consume(n)`.
 
 use std::time::{Duration, Instant};
 
-use crate::router::Encoded;
+use crate::message::Encoded;
 use crate::stomp::frame::{Escaping, encode_frame};
 use crate::ws::framing::{self, CloseCode, data_opcode};
 
@@ -11,27 +16,28 @@ use crate::ws::framing::{self, CloseCode, data_opcode};
 /// ERROR, RECEIPT or close frame) before the socket is closed regardless.
 pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A connection's queued output and closing state.
 pub struct Out {
     /// Encoded frames; `buf[pos..]` is not written yet.
-    pub buf: Vec<u8>,
-    pub pos: usize,
+    buf: Vec<u8>,
+    pos: usize,
     /// Frames go out wrapped in WebSocket messages.
-    pub ws: bool,
-    /// Queued in the shard's dirty list for the next flush.
-    pub dirty: bool,
+    ws: bool,
+    /// Queued in the shard's flush list for the next flush.
+    queued: bool,
     /// The socket would block: the I/O task owns writing until drained.
-    pub write_blocked: bool,
+    write_blocked: bool,
     /// Set once the connection is to close: flush, then close by this time.
-    pub closing: Option<Instant>,
+    closing: Option<Instant>,
     /// Close now without flushing (peer gone, or flush deadline passed).
-    pub abort: bool,
+    abort: bool,
     /// Our side is shut down for writing (closing, everything sent).
-    pub shut_wr: bool,
+    shut_wr: bool,
     /// Last time anything was queued (heart-beats are due after a silence).
-    pub last_write: Instant,
+    last_write: Instant,
     /// Header escaping of the negotiated STOMP version (none before CONNECT),
     /// for the frames `Out` writes itself (ERROR).
-    pub escaping: Escaping,
+    escaping: Escaping,
 }
 
 impl Out {
@@ -40,7 +46,7 @@ impl Out {
             buf: Vec::new(),
             pos: 0,
             ws,
-            dirty: false,
+            queued: false,
             write_blocked: false,
             closing: None,
             abort: false,
@@ -74,8 +80,70 @@ impl Out {
         self.closing.is_some()
     }
 
+    /// When a closing connection is closed even if not everything was sent.
+    pub(crate) fn close_deadline(&self) -> Option<Instant> {
+        self.closing
+    }
+
+    /// Close at once without flushing.
+    pub(crate) fn abort(&mut self) {
+        self.abort = true;
+    }
+
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.abort
+    }
+
+    /// The socket did not take everything: its owner waits for writability.
+    pub(crate) fn set_write_blocked(&mut self) {
+        self.write_blocked = true;
+    }
+
+    pub(crate) fn is_write_blocked(&self) -> bool {
+        self.write_blocked
+    }
+
+    /// Closing and everything sent: whether our sending side still has to
+    /// be shut down (true once; the caller shuts it down).
+    pub(crate) fn take_shutdown(&mut self) -> bool {
+        let due = self.closing.is_some() && self.pending_len() == 0 && !self.shut_wr;
+        self.shut_wr |= due;
+        due
+    }
+
+    /// Last time anything was queued.
+    pub(crate) fn last_write(&self) -> Instant {
+        self.last_write
+    }
+
+    /// Put the connection on its shard's flush list: true if it was not
+    /// there yet (the caller adds it).
+    pub(crate) fn mark_queued(&mut self) -> bool {
+        !std::mem::replace(&mut self.queued, true)
+    }
+
+    /// Taken off the flush list.
+    pub(crate) fn clear_queued(&mut self) {
+        self.queued = false;
+    }
+
+    /// From now on frames go out as WebSocket messages (after the upgrade).
+    pub(crate) fn set_ws(&mut self) {
+        self.ws = true;
+    }
+
+    /// Header escaping for the frames written here (set at CONNECT).
+    pub(crate) fn set_escaping(&mut self, escaping: Escaping) {
+        self.escaping = escaping;
+    }
+
+    /// Queue bytes as they are (an HTTP answer before any framing).
+    pub(crate) fn raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Queue a (non-MESSAGE) frame.
-    pub fn frame(
+    pub(crate) fn frame(
         &mut self,
         command: &str,
         headers: &[(&str, &str)],
@@ -120,7 +188,7 @@ impl Out {
     }
 
     /// Queue a heart-beat EOL (a text message `\n` over WebSocket).
-    pub fn heartbeat(&mut self, now: Instant) {
+    pub(crate) fn heartbeat(&mut self, now: Instant) {
         if self.ws {
             framing::write_header(&mut self.buf, data_opcode(true), 1);
         }
@@ -129,13 +197,13 @@ impl Out {
     }
 
     /// Queue a pong (WebSocket only).
-    pub fn pong(&mut self, payload: &[u8]) {
+    pub(crate) fn pong(&mut self, payload: &[u8]) {
         framing::write_pong(&mut self.buf, payload);
     }
 
     /// Start closing: queue a WebSocket close frame with `code`, flush what
     /// is queued, then close.
-    pub fn close(&mut self, code: CloseCode, reason: &str) {
+    pub(crate) fn close(&mut self, code: CloseCode, reason: &str) {
         if self.closing.is_some() {
             return;
         }
@@ -146,7 +214,7 @@ impl Out {
     }
 
     /// Queue a STOMP ERROR and close with `code`.
-    pub fn error(
+    pub(crate) fn error(
         &mut self,
         message: &str,
         receipt: Option<&str>,
@@ -170,7 +238,7 @@ impl Out {
     }
 
     /// Plain HTTP answer then close (before any WebSocket framing).
-    pub fn http(&mut self, response: &[u8]) {
+    pub(crate) fn http(&mut self, response: &[u8]) {
         self.buf.extend_from_slice(response);
         self.closing = Some(Instant::now() + CLOSE_FLUSH_TIMEOUT);
     }

@@ -1,34 +1,58 @@
 //! Start-up: bind one `SO_REUSEPORT` listener per shard and listener kind,
-//! start one pinned executor per shard, wire the channel mesh.
+//! open the store and start its threads, build the shard mesh, start one
+//! pinned executor per shard, and wait until every shard accepts.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
-use std::rc::Rc;
-use std::time::Duration;
-
-use glommio::net::TcpListener;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-use socket2::{Domain, Protocol, Socket, Type};
-use tracing::{info, warn};
-
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
-use super::{Confirm, External, Owed, Shard, ShardHandle, StoreLink};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+
 use crate::config::{Config, Listen};
-use crate::conn::{ConnToken, Phase};
+use crate::conn::ConnToken;
+use crate::message::Confirm;
+use crate::shard::msg::{External, Owed, ShardHandle};
+use crate::shard::{Shard, ShardListeners, ShardSetup, StoreLink, mesh};
+use crate::store::StoreError;
 use crate::store::pool::Pool;
 use crate::store::writer::{self, Committed};
 
+/// Why the server did not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// Binding a listener or building the mesh failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The database could not be opened or its threads started.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// An executor could not be started.
+    #[error("cannot start shard {shard} on cpu {cpu}: {reason}")]
+    Executor {
+        shard: usize,
+        cpu: usize,
+        reason: String,
+    },
+    /// Not every shard reported within `STARTUP_TIMEOUT` (see main: the
+    /// cure is to start over).
+    #[error("not every shard started within {} s", STARTUP_TIMEOUT.as_secs())]
+    Stalled,
+}
+
 /// Listening sockets for every shard, bound before any executor starts so
-/// that a port-0 request resolves to one port shared by all shards.
+/// that a port-0 request resolves to one port shared by all shards. Owned
+/// until each is handed to its shard: nothing leaks if start-up fails.
 pub struct Listeners {
     pub http_addr: SocketAddr,
     pub stomp_addr: Option<SocketAddr>,
-    /// `http[i]`, `stomp[i]`: the fds shard `i` accepts on.
-    http: Vec<RawFd>,
-    stomp: Vec<RawFd>,
+    /// `http[i]`, `stomp[i]`: the sockets shard `i` accepts on.
+    http: Vec<OwnedFd>,
+    stomp: Vec<OwnedFd>,
 }
 
 impl Listeners {
@@ -52,7 +76,7 @@ impl Listeners {
 
 /// Bind `n` SO_REUSEPORT sockets to `addr` (all to the same port when `addr`
 /// asks for port 0).
-fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> io::Result<(SocketAddr, Vec<RawFd>)> {
+fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
     // glommio always sets SO_REUSEPORT, so a second stampede on the same port
     // would silently take half the connections. A plain bind first fails
     // with "address in use" if anyone listens there already.
@@ -76,7 +100,7 @@ fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> io::Result<(SocketAddr,
         if addr.port() == 0 {
             addr = s.local_addr()?.as_socket().expect("an inet socket");
         }
-        fds.push(s.into_raw_fd());
+        fds.push(OwnedFd::from(s));
     }
     Ok((addr, fds))
 }
@@ -89,11 +113,13 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the running server is made of, for main: the shards' executors,
 /// their inboxes (for the shutdown steps) and the writer's counters.
 pub struct Running {
-    pub executors: Vec<ExecutorJoinHandle<()>>,
-    pub shards: Arc<[ShardHandle]>,
+    /// Kept for the life of the process (the executors run until it ends).
+    _executors: Vec<ExecutorJoinHandle<()>>,
+    shards: Arc<[ShardHandle]>,
+    /// What the writer has done so far; `None` with `--persist false`.
     pub writer: Option<Arc<WriterCounters>>,
     /// The store's links (for the last checkpoint at shutdown).
-    pub store: Option<StoreLink>,
+    store: Option<StoreLink>,
 }
 
 /// What the writer has done so far (logged by main at exit).
@@ -106,13 +132,51 @@ pub struct WriterCounters {
     pub largest_batch: AtomicU64,
 }
 
+/// A step of the graceful shutdown that every shard reports on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Stop accepting and reading; report once everything read is committed.
+    Drain,
+    /// Close every client; report once all are gone (or the close deadline).
+    Close,
+}
+
+impl Running {
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Start `step` on every shard; reports (a shard id each) arrive on the
+    /// returned channel.
+    pub fn begin(&self, step: Step) -> std::sync::mpsc::Receiver<usize> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for s in self.shards.iter() {
+            s.send(match step {
+                Step::Drain => External::Stop {
+                    flushed: tx.clone(),
+                },
+                Step::Close => External::Close { closed: tx.clone() },
+            });
+        }
+        rx
+    }
+
+    /// Run `job` on the writer's thread after everything queued before it
+    /// is committed; `false` without a store (or if the writer is gone).
+    pub fn after_commits(&self, job: writer::AfterJob) -> bool {
+        match &self.store {
+            Some(store) => store.writer.send(writer::Item::After(job)).is_ok(),
+            None => false,
+        }
+    }
+}
+
 /// Open the database, start the writer, the reader pool and retention.
 fn start_store(
     cfg: &Config,
     shards: &Arc<[ShardHandle]>,
-) -> io::Result<(StoreLink, Arc<WriterCounters>)> {
-    let fail = |e: crate::store::StoreError| io::Error::other(e.to_string());
-    let conn = crate::store::open(&cfg.data_dir, cfg.durability).map_err(fail)?;
+) -> Result<(StoreLink, Arc<WriterCounters>), StartError> {
+    let conn = crate::store::open(&cfg.data_dir, cfg.durability)?;
     let want_space: Arc<[AtomicBool]> = (0..cfg.shards).map(|_| AtomicBool::new(false)).collect();
     let counters = Arc::new(WriterCounters::default());
     let on_commit = {
@@ -131,7 +195,7 @@ fn start_store(
                 }
                 counters.largest_batch.fetch_max(size, Ordering::Relaxed);
             }
-            let error: Option<Arc<str>> = c.error.map(Into::into);
+            let error = c.error.map(Arc::new);
             let mut per: Vec<Vec<(ConnToken, Confirm)>> = (0..n).map(|_| Vec::new()).collect();
             for o in c.tags.into_iter().flatten() {
                 per[o.shard].push((o.conn, o.what));
@@ -154,7 +218,7 @@ fn start_store(
         }
     };
     let (writer, _join) = writer::spawn(conn, cfg.persist_queue, cfg.persist_batch, on_commit)?;
-    let pool = Pool::start(&cfg.data_dir, cfg.read_threads, cfg.read_queue).map_err(fail)?;
+    let pool = Pool::start(&cfg.data_dir, cfg.read_threads, cfg.read_queue)?;
     if cfg.retention_days > 0 || cfg.retention_per_room > 0 {
         crate::store::retention::spawn(
             writer.clone(),
@@ -176,13 +240,13 @@ fn start_store(
 }
 
 /// Start every shard; returns once every shard accepts.
-pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Running> {
+pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
     let cores: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
         .filter(|ids: &Vec<usize>| !ids.is_empty())
         .unwrap_or_else(|| vec![0]);
-    let mut meshes = super::mesh::build(cfg.shards, cfg.mesh_capacity)?;
+    let meshes = mesh::build(cfg.shards, cfg.mesh_capacity)?;
     let mut inboxes = Vec::with_capacity(cfg.shards);
     let shard_handles: Arc<[ShardHandle]> = meshes
         .iter()
@@ -202,15 +266,24 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Running> {
         (None, None)
     };
     let mut handles = Vec::with_capacity(cfg.shards);
-    for id in 0..cfg.shards {
+    let mut stomp = listeners.stomp.into_iter();
+    for ((id, mesh), (inbox, http)) in meshes
+        .into_iter()
+        .enumerate()
+        .zip(inboxes.into_iter().zip(listeners.http))
+    {
         let cpu = cores[id % cores.len()];
-        let cfg = cfg.clone();
-        let mesh = meshes.remove(0);
-        let inbox = inboxes.remove(0);
-        let all = shard_handles.clone();
-        let store = store.clone();
-        let http = listeners.http[id];
-        let stomp = listeners.stomp.get(id).copied();
+        let setup = ShardSetup {
+            cfg: cfg.clone(),
+            mesh,
+            inbox,
+            handles: shard_handles.clone(),
+            store: store.clone(),
+        };
+        let listeners = ShardListeners {
+            http,
+            stomp: stomp.next(),
+        };
         let ready = ready_tx.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
@@ -220,116 +293,57 @@ pub fn start(cfg: &Config, listeners: Listeners) -> io::Result<Running> {
             builder = builder.spin_before_park(Duration::from_micros(cfg.spin_before_park_us));
         }
         let handle = builder
-            .spawn(move || async move {
-                let shard = Shard::new(cfg, mesh, inbox, all, store);
-                run(shard, http, stomp, ready).await
-            })
-            .map_err(|e| io::Error::other(format!("cannot start shard {id} on cpu {cpu}: {e}")))?;
+            .spawn(move || Shard::run(setup, listeners, ready))
+            .map_err(|e| StartError::Executor {
+                shard: id,
+                cpu,
+                reason: e.to_string(),
+            })?;
         handles.push(handle);
     }
     let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
     for _ in 0..cfg.shards {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        ready_rx.recv_timeout(left).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "not every shard started within {} s",
-                    STARTUP_TIMEOUT.as_secs()
-                ),
-            )
-        })?;
+        ready_rx
+            .recv_timeout(left)
+            .map_err(|_| StartError::Stalled)?;
     }
+    #[cfg(feature = "fault-injection")]
+    inject_faults(&shard_handles, store.as_ref());
     Ok(Running {
-        executors: handles,
+        _executors: handles,
         shards: shard_handles,
         writer: counters,
         store,
     })
 }
 
-/// The body of one shard's executor.
-async fn run(
-    mut shard: Shard,
-    http: RawFd,
-    stomp: Option<RawFd>,
-    ready: std::sync::mpsc::Sender<usize>,
-) {
-    let nshards = shard.nshards;
-    let bell = shard.mesh.take_bell_fd();
-    let shard = Rc::new(shard);
-    // The doorbell also carries the writer's, the readers' and main's
-    // messages, so it is read even with a single shard.
-    glommio::spawn_local(shard.clone().receive(bell)).detach();
-    for to in (0..nshards).filter(|&p| p != shard.id) {
-        glommio::spawn_local(shard.clone().send_to(to)).detach();
-    }
-    let id = shard.id;
-    glommio::spawn_local(shard.clone().flusher()).detach();
-    glommio::spawn_local(shard.clone().sweep()).detach();
-    if let Some(fd) = stomp {
-        glommio::spawn_local(accept_loop(shard.clone(), fd, Phase::Stomp)).detach();
-    }
-    info!(shard = id, "shard started");
-    let _ = ready.send(id);
-    accept_loop(shard, http, Phase::Http).await;
-    // Accepting stopped (shutdown); the shard's other tasks go on until
-    // the process exits. Returning would end the executor and drop them.
-    futures_lite::future::pending::<()>().await;
-}
-
-/// Write `msg` to a socket we are about to drop without waiting or
-/// signalling (a refusal: a lost copy only means the client sees a close).
-pub(crate) fn send_refusal(stream: &glommio::net::TcpStream, msg: &[u8]) {
-    // SAFETY: an open socket we own; the buffer is valid for its length.
-    unsafe {
-        libc::send(
-            std::os::fd::AsRawFd::as_raw_fd(stream),
-            msg.as_ptr().cast(),
-            msg.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        );
-    }
-}
-
-/// The refusal written to a connection over `max_connections`.
-pub(crate) const FULL_HTTP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nserver full\n";
-const FULL_STOMP: &[u8] = b"ERROR\nmessage:server full\ncontent-type:text/plain\ncontent-length:37\n\nmax_connections reached; retry later\n\0";
-
-async fn accept_loop(shard: Rc<Shard>, fd: RawFd, phase: Phase) {
-    // SAFETY: the fd is a listening socket bound for this shard alone.
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    let max = shard.cfg.max_connections_per_shard();
-    let stop = &shard.stop_accept[usize::from(phase != Phase::Http)];
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.wait().await;
-            None
-        })
-        .await;
-        // Shutting down: dropping the listener closes it (and a connection
-        // accepted in the same instant is closed unread).
-        let Some(accepted) = accepted.filter(|_| !shard.stopping.get()) else {
-            return;
-        };
-        match accepted {
-            Ok(stream) => {
-                if shard.conn_count() >= max {
-                    let msg = if phase == Phase::Http {
-                        FULL_HTTP
-                    } else {
-                        FULL_STOMP
-                    };
-                    send_refusal(&stream, msg);
-                    continue;
-                }
-                shard.register(stream, phase, Vec::new(), Vec::new());
+/// Fault injection, compiled only with the `fault-injection` feature (the
+/// test suite builds such a binary to check the panic policy):
+/// `STAMPEDE_FAULT_PANIC=shard|writer` panics shard 0's thread or the
+/// writer's thread `STAMPEDE_FAULT_PANIC_AFTER_MS` (default 200) after
+/// start-up.
+#[cfg(feature = "fault-injection")]
+fn inject_faults(shards: &Arc<[ShardHandle]>, store: Option<&StoreLink>) {
+    let Ok(what) = std::env::var("STAMPEDE_FAULT_PANIC") else {
+        return;
+    };
+    let after = std::env::var("STAMPEDE_FAULT_PANIC_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let shard = shards[0].clone();
+    let writer = store.map(|s| s.writer.clone());
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(after));
+        tracing::warn!("fault injection: panicking the {what} thread");
+        match (what.as_str(), writer) {
+            ("writer", Some(w)) => {
+                let _ = w.send(writer::Item::After(Box::new(|_| {
+                    panic!("fault injection: the writer panics")
+                })));
             }
-            Err(e) => {
-                // EMFILE/ENFILE and friends: back off instead of spinning.
-                warn!(shard = shard.id, "accept: {e}");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
+            _ => shard.send(External::Panic),
         }
-    }
+    });
 }

@@ -1,0 +1,165 @@
+//! A shard's connections: the table that names them by token, the list of
+//! those with output to flush, and the list of those paused.
+//!
+//! Flushing happens once per reactor round (see `Shard::after_io`): every
+//! connection that got output is put on the flush list once, and `flush`
+//! gives each one `send`.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use slab::Slab;
+
+use super::notify::Notify;
+use crate::conn::{Conn, ConnToken, Phase, Sock};
+
+/// Shared handle to a connection; only ever used on its own shard.
+pub(crate) type ConnRef = Rc<RefCell<Conn>>;
+
+/// Runs on its shard only.
+#[derive(Default)]
+pub(super) struct Conns {
+    table: RefCell<Slab<ConnRef>>,
+    /// Serial of the next connection (never 0), so a token outlives its slot.
+    next_serial: Cell<u32>,
+    /// Connections with queued output, flushed once per round.
+    dirty: RefCell<Vec<ConnRef>>,
+    /// Wakes the flusher task.
+    flush_wanted: Notify,
+    /// Connections not being read until the shard's queues drain.
+    paused: RefCell<Vec<ConnRef>>,
+}
+
+impl Conns {
+    /// Number of connections.
+    pub fn count(&self) -> usize {
+        self.table.borrow().len()
+    }
+
+    /// Add a connection; its output (`outbound`) is flushed with the next round.
+    pub fn insert(&self, sock: Sock, phase: Phase, outbound: &[u8]) -> ConnRef {
+        let serial = self.next_serial.get().max(1);
+        self.next_serial.set(serial.wrapping_add(1).max(1));
+        let mut table = self.table.borrow_mut();
+        let entry = table.vacant_entry();
+        let token = ConnToken {
+            key: entry.key() as u32,
+            serial,
+        };
+        let conn = Rc::new(RefCell::new(Conn::new(token, sock, phase, outbound)));
+        entry.insert(conn.clone());
+        drop(table);
+        if !outbound.is_empty() {
+            self.mark_dirty(&conn);
+        }
+        conn
+    }
+
+    /// Forget a connection whose task is ending (its socket is closed).
+    pub fn remove(&self, conn: &ConnRef) {
+        let token = {
+            let mut c = conn.borrow_mut();
+            c.finish();
+            c.token()
+        };
+        let mut table = self.table.borrow_mut();
+        if table
+            .get(token.key as usize)
+            .is_some_and(|c| Rc::ptr_eq(c, conn))
+        {
+            table.remove(token.key as usize);
+        }
+    }
+
+    /// The connection `token` names, if it is still there.
+    pub fn get(&self, token: ConnToken) -> Option<ConnRef> {
+        let table = self.table.borrow();
+        let c = table.get(token.key as usize)?;
+        (c.borrow().token() == token).then(|| c.clone())
+    }
+
+    /// Every connection (a snapshot).
+    pub fn all(&self) -> Vec<ConnRef> {
+        self.table.borrow().iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// Run `f` on every connection, each borrowed (the sweeper).
+    pub fn for_each(&self, mut f: impl FnMut(&ConnRef, &mut Conn)) {
+        for (_, conn) in self.table.borrow().iter() {
+            f(conn, &mut conn.borrow_mut());
+        }
+    }
+
+    pub fn mark_dirty(&self, conn: &ConnRef) {
+        self.queue_flush(conn, &mut conn.borrow_mut());
+    }
+
+    /// Put `conn` (already borrowed as `c`) on the flush list once.
+    pub fn queue_flush(&self, conn: &ConnRef, c: &mut Conn) {
+        if c.out_mut().mark_queued() {
+            self.dirty.borrow_mut().push(conn.clone());
+        }
+    }
+
+    /// Whether any connection has output waiting for the flush.
+    pub fn flush_due(&self) -> bool {
+        !self.dirty.borrow().is_empty()
+    }
+
+    /// Have the flusher task flush at the end of this round.
+    pub fn want_flush(&self) {
+        self.flush_wanted.notify();
+    }
+
+    /// Wait until `want_flush` (the flusher task).
+    pub async fn flush_wanted(&self) {
+        self.flush_wanted.wait().await
+    }
+
+    /// Send what each dirty connection has queued: one `send` per socket
+    /// per round, straight from here while the socket takes it; the
+    /// connection's task takes over (waiting for writability) when it would
+    /// block.
+    pub fn flush(&self) {
+        let list = std::mem::take(&mut *self.dirty.borrow_mut());
+        for conn in &list {
+            let mut c = conn.borrow_mut();
+            c.out_mut().clear_queued();
+            c.flush();
+        }
+        // Keep the list's allocation for the next round.
+        let mut dirty = self.dirty.borrow_mut();
+        if dirty.is_empty() {
+            let mut list = list;
+            list.clear();
+            *dirty = list;
+        }
+    }
+
+    /// Stop reading `conn` until `resume_all`.
+    pub fn pause(&self, conn: &ConnRef) {
+        conn.borrow_mut().pause();
+        self.paused.borrow_mut().push(conn.clone());
+    }
+
+    /// Whether any connection is paused.
+    pub fn any_paused(&self) -> bool {
+        !self.paused.borrow().is_empty()
+    }
+
+    /// Read every paused connection again.
+    pub fn resume_all(&self) {
+        let now = Instant::now();
+        for conn in self.paused.borrow_mut().drain(..) {
+            conn.borrow_mut().resume(now);
+        }
+    }
+
+    /// Pause every connection for good (shutting down).
+    pub fn pause_all(&self) {
+        for (_, conn) in self.table.borrow().iter() {
+            conn.borrow_mut().pause();
+        }
+    }
+}

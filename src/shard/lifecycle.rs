@@ -1,0 +1,165 @@
+//! A shard's life: accepting connections, and the graceful shutdown's steps
+//! (stop accepting and reading, report once everything read is committed,
+//! close every client).
+//!
+//! Runs on its shard only.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpListener;
+use tracing::{info, warn};
+
+use super::Shard;
+use super::conns::Conns;
+use crate::conn::{Phase, Sock};
+use crate::http;
+use crate::out::CLOSE_FLUSH_TIMEOUT;
+use crate::stomp::frame::{Escaping, encode_frame};
+use crate::ws::framing::CloseCode;
+
+/// How long an accept loop waits after an accept error (EMFILE and
+/// friends) before trying again, instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+pub(super) struct Lifecycle {
+    /// Shutting down: accept nothing, read no client.
+    stopping: Cell<bool>,
+    /// Wake the accept loops to stop (0: HTTP, 1: STOMP).
+    stop_accept: [super::notify::Notify; 2],
+    /// Peers that said `Quiesce`.
+    quiesced: Cell<usize>,
+    /// Who to tell once every peer quiesced and everything is committed.
+    flushed: RefCell<Option<Sender<usize>>>,
+}
+
+impl Lifecycle {
+    pub fn stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Stop accepting; `flushed` is told once `quiesced` says so.
+    pub fn stop(&self, flushed: Sender<usize>) {
+        self.stopping.set(true);
+        for n in &self.stop_accept {
+            n.notify();
+        }
+        *self.flushed.borrow_mut() = Some(flushed);
+    }
+
+    /// A peer said `Quiesce`.
+    pub fn peer_quiesced(&self) {
+        self.quiesced.set(self.quiesced.get() + 1);
+    }
+
+    /// Once stopping and every one of the other `peers` quiesced (so every
+    /// message they sent us is sequenced), who to report to, once.
+    pub fn quiesced(&self, peers: usize) -> Option<Sender<usize>> {
+        if self.quiesced.get() < peers {
+            return None;
+        }
+        self.flushed.borrow_mut().take()
+    }
+}
+
+/// The answer to a plain STOMP connection over `max_connections`.
+fn stomp_full() -> Vec<u8> {
+    let detail = b"max_connections reached; retry later\n";
+    let len = detail.len().to_string();
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        "ERROR",
+        &[
+            ("message", "server full"),
+            ("content-type", "text/plain"),
+            ("content-length", &len),
+        ],
+        detail,
+        Escaping::None,
+    );
+    frame
+}
+
+/// Accept connections on `listener` (bound for this shard alone) until the
+/// shard stops.
+pub(super) async fn accept_loop(shard: Rc<Shard>, listener: OwnedFd, phase: Phase) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a listening socket we own; glommio owns it from here on.
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let max = shard.cfg.max_connections_per_shard();
+    let full = if phase == Phase::Http {
+        http::server_full()
+    } else {
+        stomp_full()
+    };
+    let stop = &shard.life.stop_accept[usize::from(phase != Phase::Http)];
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        // Shutting down: dropping the listener closes it (and a connection
+        // accepted in the same instant is closed unread).
+        let Some(accepted) = accepted.filter(|_| !shard.life.stopping()) else {
+            return;
+        };
+        match accepted {
+            Ok(stream) => {
+                let sock = Sock::new(stream);
+                if shard.conns.count() >= max {
+                    sock.refuse(&full);
+                    continue;
+                }
+                shard.register(sock, phase, Vec::new(), &[]);
+            }
+            Err(e) => {
+                warn!(shard = shard.id, "accept: {e}");
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Close every client: WebSocket close 1001 ("going away"), an ERROR on
+/// plain STOMP; report to `closed` once all are gone or the close deadline
+/// passed.
+pub(super) fn close_all(shard: &Rc<Shard>, closed: Sender<usize>) {
+    let conns: &Conns = &shard.conns;
+    let all = conns.all();
+    for conn in &all {
+        let mut c = conn.borrow_mut();
+        match c.phase() {
+            Phase::Ws => c.out_mut().close(CloseCode::Away, "server shutting down"),
+            Phase::Stomp if c.session().is_connected() => c.out_mut().error(
+                "server shutting down",
+                None,
+                &[],
+                "the server is restarting or stopping; reconnect later",
+                CloseCode::Away,
+            ),
+            _ => c.out_mut().abort(),
+        }
+        c.wake();
+    }
+    for conn in &all {
+        conns.mark_dirty(conn);
+    }
+    conns.flush();
+    let id = shard.id;
+    info!(shard = id, connections = all.len(), "closing clients");
+    let deadline = Instant::now() + CLOSE_FLUSH_TIMEOUT;
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        while shard.conns.count() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = closed.send(id);
+    })
+    .detach();
+}

@@ -1,0 +1,327 @@
+//! A shard's rooms: the subscribers its connections hold (the local index),
+//! and, for the rooms it owns, their sequence numbers and which other
+//! shards subscribe. Fan-out to local subscribers is here.
+//!
+//! Runs on its shard only; nothing here waits or touches another shard
+//! (the caller sends what must cross).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::conns::{ConnRef, Conns};
+use super::msg::Interest;
+use crate::conn::Conn;
+use crate::index::{Added, RoomIndex};
+use crate::message::{AckMode, Encoded, Sequenced};
+use crate::session::Pend;
+use crate::stomp::frame::Version;
+use crate::store::Page;
+use crate::ws::framing::CloseCode;
+
+/// One subscription as the local fan-out sees it.
+pub(crate) struct Subscriber {
+    /// The connection; the entry is removed before the connection is dropped.
+    pub conn: ConnRef,
+    /// The connection-local number of the subscription (used in `ack` ids).
+    pub sub_n: u32,
+    /// `subscription:<escaped id>\n`, written into every MESSAGE.
+    pub prefix: Box<[u8]>,
+    pub mode: AckMode,
+    pub version: Version,
+    /// Set while a replay (`x-since-seq`, `x-replay-last`) is being sent:
+    /// live messages wait here until it ends.
+    pub replay: Option<Box<ReplayHold>>,
+}
+
+/// Live messages held back while a subscription's replay is sent.
+#[derive(Default)]
+pub(crate) struct ReplayHold {
+    held: Vec<Sequenced>,
+    /// Bytes of bodies and headers held (bounded by `max_outbound_bytes`).
+    bytes: usize,
+}
+
+/// State the owner shard keeps per room.
+struct OwnedRoom {
+    /// The sequence number the next message gets; `None` until the last
+    /// stored one has been read (the room's messages wait meanwhile).
+    next_seq: Option<u64>,
+    /// Which other shards currently have subscribers (indexed by shard).
+    remote: Vec<bool>,
+}
+
+/// Limits the fan-out enforces per connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FanoutLimits {
+    /// `max_outbound_bytes`: queued output (and live messages held during
+    /// a replay) beyond which a subscriber is a slow consumer.
+    pub max_outbound_bytes: usize,
+    /// `max_pending_acks`: unacknowledged messages per subscription.
+    pub max_pending_acks: usize,
+}
+
+/// A message's place in its room, or why it has none yet.
+pub(super) enum Seq {
+    /// Sequenced: its seq, and the other shards with subscribers.
+    Given(u64, Vec<usize>),
+    /// The room's last stored seq is not known yet (read it first).
+    Unknown,
+}
+
+/// How a replay page went for its subscriber.
+pub(super) enum PageDone {
+    /// More stored messages follow after this seq.
+    More(u64),
+    /// The replay is over (or its subscriber is gone).
+    Finished,
+}
+
+/// All room state of one shard.
+pub(super) struct Rooms {
+    id: usize,
+    nshards: usize,
+    /// The first seq of a new owned room: 1 without a store; unknown (to be
+    /// read from the store) with one.
+    fresh_seq: Option<u64>,
+    limits: FanoutLimits,
+    local: RoomIndex<Subscriber>,
+    owned: HashMap<Box<str>, OwnedRoom>,
+}
+
+impl Rooms {
+    pub fn new(id: usize, nshards: usize, persistent: bool, limits: FanoutLimits) -> Rooms {
+        Rooms {
+            id,
+            nshards,
+            fresh_seq: (!persistent).then_some(1),
+            limits,
+            local: RoomIndex::default(),
+            owned: HashMap::new(),
+        }
+    }
+
+    // ---- local subscribers ----------------------------------------------
+
+    /// Add a local subscriber of `room`.
+    pub fn add_local(&mut self, room: &str, sub: Subscriber) -> Added {
+        self.local.insert(room, sub)
+    }
+
+    /// Remove local subscriber `key` of `room`; whether it was the room's
+    /// last one here.
+    pub fn remove_local(&mut self, room: &str, key: usize) -> bool {
+        self.local.remove(room, key).is_some_and(|(_, last)| last)
+    }
+
+    // ---- owned rooms -------------------------------------------------------
+
+    fn owned(&mut self, room: &str) -> &mut OwnedRoom {
+        if !self.owned.contains_key(room) {
+            let fresh = OwnedRoom {
+                next_seq: self.fresh_seq,
+                remote: vec![false; self.nshards],
+            };
+            return self.owned.entry(room.into()).or_insert(fresh);
+        }
+        self.owned.get_mut(room).expect("checked above")
+    }
+
+    /// Shard `from` gained or lost subscribers of `room` (owned here).
+    pub fn interest(&mut self, room: &str, from: usize, change: Interest) {
+        let owned = self.owned(room);
+        match change {
+            Interest::Add => owned.remote[from] = true,
+            Interest::Remove => owned.remote[from] = false,
+            Interest::Sync => {}
+        }
+    }
+
+    /// Give the next message of `room` (owned here) its seq.
+    pub fn sequence(&mut self, room: &str) -> Seq {
+        let me = self.id;
+        let owned = self.owned(room);
+        let Some(seq) = owned.next_seq else {
+            return Seq::Unknown;
+        };
+        owned.next_seq = Some(seq + 1);
+        let targets = (0..owned.remote.len())
+            .filter(|&p| p != me && owned.remote[p])
+            .collect();
+        Seq::Given(seq, targets)
+    }
+
+    /// The last seq given in `room` so far (`None`: not known yet).
+    pub fn last_given(&mut self, room: &str) -> Option<u64> {
+        self.owned(room).next_seq.map(|n| n - 1)
+    }
+
+    /// The last stored seq of `room` was read: its messages continue after it.
+    pub fn loaded(&mut self, room: &str, last: u64) {
+        self.owned(room).next_seq = Some(last + 1);
+    }
+
+    // ---- fan-out ----------------------------------------------------------
+
+    /// Write a message to every local subscriber of its room (or hold it
+    /// for those whose replay is still being sent).
+    pub fn deliver_local(&mut self, msg: &Sequenced, conns: &Conns) {
+        let limits = self.limits;
+        let mut encoded: [Option<Encoded>; 3] = [None, None, None];
+        let now = Instant::now();
+        for sub in self.local.subscribers_mut(&msg.draft.room) {
+            let mut c = sub.conn.borrow_mut();
+            if c.out().is_closing() || !c.is_open() {
+                continue;
+            }
+            if let Some(hold) = &mut sub.replay {
+                hold.bytes += msg.draft.body.len()
+                    + msg
+                        .draft
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>();
+                hold.held.push(msg.clone());
+                if hold.bytes > limits.max_outbound_bytes {
+                    c.out_mut().error(
+                        "slow consumer",
+                        None,
+                        &[],
+                        &format!(
+                            "more than {} bytes of live messages arrived while the replay was sent; subscribe with a later x-since-seq or use the history API",
+                            limits.max_outbound_bytes
+                        ),
+                        CloseCode::Policy,
+                    );
+                    conns.queue_flush(&sub.conn, &mut c);
+                }
+                continue;
+            }
+            let enc = encoded[sub.version as usize].get_or_insert_with(|| msg.encode(sub.version));
+            deliver_to(sub, &mut c, enc, msg.seq, now, limits);
+            conns.queue_flush(&sub.conn, &mut c);
+        }
+    }
+
+    /// Subscriber side of a replay: write a page to subscription `sub_n`
+    /// (key `key` in `room`) of `conn`; at the end, release the live
+    /// messages held meanwhile (those past `upto`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn replay_page(
+        &mut self,
+        conn: &ConnRef,
+        c: &mut Conn,
+        room: &str,
+        key: usize,
+        sub_n: u32,
+        upto: u64,
+        page: &Page,
+    ) -> PageDone {
+        let limits = self.limits;
+        let Some(sub) = self.local.get_mut(room, key) else {
+            return PageDone::Finished;
+        };
+        if sub.sub_n != sub_n || sub.replay.is_none() || !std::rc::Rc::ptr_eq(&sub.conn, conn) {
+            return PageDone::Finished;
+        }
+        let now = Instant::now();
+        for m in &page.messages {
+            let enc = m.encode(sub.version);
+            deliver_to(sub, c, &enc, m.seq, now, limits);
+        }
+        if page.more {
+            return PageDone::More(page.messages.last().map(|m| m.seq).unwrap_or(upto));
+        }
+        let hold = sub.replay.take().expect("checked above");
+        for m in hold.held.iter().filter(|m| m.seq > upto) {
+            let enc = m.encode(sub.version);
+            deliver_to(sub, c, &enc, m.seq, now, limits);
+        }
+        PageDone::Finished
+    }
+
+    /// Rooms owned here (tests).
+    #[cfg(test)]
+    pub fn owned_count(&self) -> usize {
+        self.owned.len()
+    }
+}
+
+/// Append one message to one subscriber's output: acknowledgement
+/// bookkeeping, then the frame; over a limit, ERROR and close.
+fn deliver_to(
+    sub: &Subscriber,
+    c: &mut Conn,
+    enc: &Encoded,
+    seq: u64,
+    now: Instant,
+    limits: FanoutLimits,
+) {
+    let mut ack = None;
+    if sub.mode != AckMode::Auto {
+        let (session, out) = c.session_out();
+        match session.pend(sub.sub_n, seq, limits.max_pending_acks, out) {
+            Pend::Deliver(a) => ack = a,
+            Pend::Gone => return,
+            Pend::Refused => {}
+        }
+    }
+    let out = c.out_mut();
+    if !out.is_closing() {
+        out.message(&sub.prefix, ack, enc, now);
+        if out.pending_len() > limits.max_outbound_bytes {
+            out.error(
+                "slow consumer",
+                None,
+                &[],
+                &format!(
+                    "more than {} bytes queued for this connection; it reads too slowly",
+                    limits.max_outbound_bytes
+                ),
+                CloseCode::Policy,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: FanoutLimits = FanoutLimits {
+        max_outbound_bytes: 1 << 20,
+        max_pending_acks: 10,
+    };
+
+    #[test]
+    fn an_owned_room_counts_from_one_without_a_store() {
+        let mut r = Rooms::new(0, 3, false, LIMITS);
+        assert_eq!(r.last_given("a"), Some(0));
+        assert!(matches!(r.sequence("a"), Seq::Given(1, ref t) if t.is_empty()));
+        assert!(matches!(r.sequence("a"), Seq::Given(2, _)));
+        assert!(matches!(r.sequence("b"), Seq::Given(1, _)));
+        assert_eq!(r.last_given("a"), Some(2));
+        assert_eq!(r.owned_count(), 2);
+    }
+
+    #[test]
+    fn with_a_store_a_room_waits_for_its_last_stored_seq() {
+        let mut r = Rooms::new(0, 2, true, LIMITS);
+        assert!(matches!(r.sequence("a"), Seq::Unknown));
+        assert_eq!(r.last_given("a"), None);
+        r.loaded("a", 41);
+        assert_eq!(r.last_given("a"), Some(41));
+        assert!(matches!(r.sequence("a"), Seq::Given(42, _)));
+    }
+
+    #[test]
+    fn messages_go_to_the_shards_that_subscribe() {
+        let mut r = Rooms::new(1, 4, false, LIMITS);
+        r.interest("a", 0, Interest::Add);
+        r.interest("a", 3, Interest::Add);
+        r.interest("a", 3, Interest::Sync);
+        assert!(matches!(r.sequence("a"), Seq::Given(1, ref t) if t == &[0, 3]));
+        r.interest("a", 0, Interest::Remove);
+        assert!(matches!(r.sequence("a"), Seq::Given(2, ref t) if t == &[3]));
+    }
+}

@@ -1,0 +1,134 @@
+//! The task of one connection: wait for its socket, hand what it reads to
+//! the connection's protocol layers, act on what they hand back (HTTP
+//! requests, WebSocket upgrades that move the connection to another
+//! shard), pause it while the shard's queues are full, and forget it when
+//! it ends.
+
+use std::future::poll_fn;
+use std::rc::Rc;
+
+use tracing::debug;
+
+use super::conns::ConnRef;
+use super::msg::{External, ShardMsg};
+use super::{ConnBroker, Shard};
+use crate::api::{self, Answer};
+use crate::conn::{Ev, Outcome, READ_PAUSE_OUTBOUND, with_scratch};
+use crate::room::{owner_of, valid_room};
+
+/// What the task does after a read.
+enum Next {
+    /// Go on reading.
+    Read,
+    /// The connection moved to another shard: end here.
+    Moved,
+}
+
+/// Runs on the connection's shard until the connection closes.
+pub(super) async fn run(shard: Rc<Shard>, conn: ConnRef, mut inbound: Vec<u8>) {
+    if !inbound.is_empty() {
+        let next = shard.read(&conn, &mut inbound);
+        debug_assert!(
+            matches!(next, Next::Read),
+            "an adopted connection is past its upgrade"
+        );
+        shard.conns.mark_dirty(&conn);
+        shard.after_io();
+    }
+    while let Ev::Read(n) = poll_fn(|cx| conn.borrow_mut().poll_io(cx)).await {
+        let next = with_scratch(n, |data| shard.read(&conn, data));
+        if conn.borrow().out().pending_len() > 0 {
+            shard.conns.mark_dirty(&conn);
+        }
+        shard.after_io();
+        // The flush normally waits for the end of the reactor round; a
+        // connection whose own replies already fill the read-pause budget
+        // (a client pipelining without reading) is flushed now, so that
+        // `write_blocked` and the pause below take effect at once.
+        if conn.borrow().out().pending_len() >= READ_PAUSE_OUTBOUND {
+            shard.conns.flush();
+        }
+        if let Next::Moved = next {
+            break;
+        }
+        if shard.congested() {
+            shard.conns.pause(&conn);
+        }
+    }
+    shard.drop_conn(&conn);
+    // Interest changes from the dropped subscriptions go out now.
+    shard.after_io();
+}
+
+impl Shard {
+    /// Feed bytes read for `conn` to it and act on what it hands back.
+    fn read(&self, conn: &ConnRef, data: &mut [u8]) -> Next {
+        let mut c = conn.borrow_mut();
+        let token = c.token();
+        let broker = ConnBroker {
+            shard: self,
+            me: conn,
+            token,
+        };
+        match c.on_bytes(data, &broker, &self.frame_limits) {
+            None => Next::Read,
+            Some(Outcome::Request {
+                method,
+                path,
+                query,
+            }) => {
+                match api::route(&method, &path, query.as_deref(), self.durable.persistent()) {
+                    Answer::Now(answer) => c.answer_http(&answer),
+                    Answer::Read(read) => {
+                        let inbox = self.durable.inbox();
+                        let job = Box::new(move |db: &rusqlite::Connection| {
+                            let response = read(db);
+                            inbox.send(External::Http {
+                                conn: token,
+                                response,
+                            });
+                        });
+                        match self.durable.submit_read(job) {
+                            Ok(()) => c.await_http_answer(),
+                            Err(_) => c.answer_http(&api::busy()),
+                        }
+                    }
+                }
+                Next::Read
+            }
+            Some(Outcome::Upgrade { answer, rest, room }) => {
+                let owner = room
+                    .as_deref()
+                    .filter(|r| valid_room(r))
+                    .map(|r| owner_of(r, self.nshards))
+                    .filter(|&o| o != self.id);
+                let Some(owner) = owner else {
+                    c.upgrade(&answer, rest, &broker, &self.frame_limits);
+                    return Next::Read;
+                };
+                // Move the upgraded connection to its room's owner: a dup
+                // of the fd goes there, ours closes when the task ends.
+                let Some(sock) = c.sock() else {
+                    return Next::Moved;
+                };
+                match sock.dup_fd() {
+                    Ok(fd) => self.peers.send(
+                        owner,
+                        ShardMsg::Adopt {
+                            fd,
+                            inbound: rest,
+                            outbound: answer,
+                        },
+                    ),
+                    Err(e) => {
+                        debug!("dup for hand-off: {e}");
+                        // Out of fds: tell the client instead of leaving
+                        // it hanging.
+                        let _ = sock.send_now(&crate::http::server_full());
+                    }
+                }
+                Next::Moved
+            }
+        }
+    }
+}
