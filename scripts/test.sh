@@ -20,6 +20,8 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requi
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
 if [ -z "${SKIP_LINT:-}" ]; then
+  step "module layers (no module names a higher layer)"
+  python3 scripts/check-layers.py
   step "cargo fmt --check"
   cargo fmt --all -- --check
   step "cargo clippy --workspace --all-targets -- -D warnings"
@@ -28,6 +30,12 @@ fi
 
 step "unit tests"
 cargo test --release --workspace
+
+step "building the fault-injection server (for the panic-policy test only)"
+# Same profile, one extra feature: only the stampede crate is rebuilt.
+cargo build --release --features fault-injection --bin stampede
+cp target/release/stampede target/release/stampede-fault
+export STAMPEDE_FAULT_BIN="$root/target/release/stampede-fault"
 
 step "building the server and the load generator"
 cargo build --release --workspace

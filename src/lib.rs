@@ -4,7 +4,7 @@
 //! Layers, lowest first; a module names only modules of its own or a lower
 //! layer (`scripts/check-layers.py` checks it in the test suite):
 //!
-//! 1. Foundations, naming nothing else of the crate but each other's leaves:
+//! 1. Foundations, naming nothing else of the crate:
 //!    - `config` — every setting: flag, `STAMPEDE_*` env var, TOML key.
 //!    - `clock`  — wall-clock milliseconds for `x-timestamp`.
 //!    - `stomp`  — the STOMP frame codec (parse client frames, encode server frames).

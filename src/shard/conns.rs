@@ -163,3 +163,89 @@ impl Conns {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A connected pair: our side as a `Sock`, the peer as a blocking std
+    /// stream.
+    async fn pair(listener: &std::net::TcpListener) -> (Sock, std::net::TcpStream) {
+        let ours = glommio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (Sock::new(ours), peer)
+    }
+
+    #[test]
+    fn tokens_name_one_connection_and_a_removed_one_is_closed() {
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(512 * 1024)
+            .make()
+            .unwrap();
+        ex.run(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let conns = Conns::default();
+            let (sock, mut peer_a) = pair(&listener).await;
+            let a = conns.insert(sock, Phase::Stomp, b"hello");
+            let ta = a.borrow().token();
+            assert!(Rc::ptr_eq(&conns.get(ta).unwrap(), &a));
+            assert_eq!(conns.count(), 1);
+            // Output given at insert goes out with the next flush, once.
+            assert!(conns.flush_due());
+            conns.mark_dirty(&a);
+            conns.flush();
+            assert!(!conns.flush_due());
+            let mut buf = [0u8; 16];
+            assert_eq!(peer_a.read(&mut buf).unwrap(), 5);
+            assert_eq!(&buf[..5], b"hello");
+
+            conns.remove(&a);
+            assert!(conns.get(ta).is_none());
+            assert!(!a.borrow().is_open());
+            // Its socket is closed: the peer reads EOF.
+            assert_eq!(peer_a.read(&mut buf).unwrap(), 0);
+
+            // The slot is reused, the token is not.
+            let (sock, _peer_b) = pair(&listener).await;
+            let b = conns.insert(sock, Phase::Stomp, b"");
+            let tb = b.borrow().token();
+            assert_eq!(tb.key, ta.key);
+            assert_ne!(tb.serial, ta.serial);
+            assert!(conns.get(ta).is_none(), "a stale token names nothing");
+            assert!(Rc::ptr_eq(&conns.get(tb).unwrap(), &b));
+            // A late write for the old connection cannot reach the new one.
+            a.borrow_mut().out_mut().raw(b"late");
+            a.borrow_mut().flush();
+        });
+    }
+
+    #[test]
+    fn paused_connections_resume_together() {
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(512 * 1024)
+            .make()
+            .unwrap();
+        ex.run(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let conns = Conns::default();
+            let (s1, _p1) = pair(&listener).await;
+            let (s2, _p2) = pair(&listener).await;
+            let a = conns.insert(s1, Phase::Stomp, b"");
+            let b = conns.insert(s2, Phase::Stomp, b"");
+            assert!(!conns.any_paused());
+            conns.pause(&a);
+            conns.pause(&b);
+            assert!(conns.any_paused());
+            assert!(a.borrow().is_paused() && b.borrow().is_paused());
+            conns.resume_all();
+            assert!(!conns.any_paused());
+            assert!(!a.borrow().is_paused() && !b.borrow().is_paused());
+        });
+    }
+}

@@ -16,7 +16,7 @@ use tracing::error;
 
 use super::Work;
 use super::conns::Conns;
-use super::msg::{External, Owed, ShardHandle};
+use super::msg::{External, Owed, ReplayReq, ShardHandle};
 use crate::conn::ConnToken;
 use crate::store::pool::{Busy, Pool, ReadJob};
 use crate::store::writer::Item;
@@ -199,16 +199,16 @@ impl Durable {
 
     // ---- replay ------------------------------------------------------------
 
-    /// Owner side: replay `(after, upto]` of `room` to subscription
-    /// `sub_n` of connection `conn` on shard `shard`, read once everything
-    /// up to `upto` is committed.
-    pub fn start_replay(
-        &self,
-        room: Box<str>,
-        (shard, conn, sub_n): (usize, ConnToken, u32),
-        after: u64,
-        upto: u64,
-    ) {
+    /// Owner side: replay `(after, upto]` of the room to the subscription
+    /// `req` names, read once everything up to `upto` is committed.
+    pub fn start_replay(&self, req: ReplayReq, after: u64, upto: u64) {
+        let ReplayReq {
+            room,
+            shard,
+            conn,
+            sub_n,
+            ..
+        } = req;
         let to = self.handles[shard].clone();
         let Some(store) = &self.store else { return };
         if after >= upto {
@@ -319,6 +319,110 @@ impl Durable {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::message::{Draft, Sequenced};
+
+    /// A `Durable` for shard 0 of 1 whose writer queue holds `capacity`
+    /// items and is never drained (the test reads it by hand).
+    fn durable(capacity: usize) -> (Durable, crossbeam_channel::Receiver<WriterItem>) {
+        let dir = crate::store::test_dir("durable");
+        drop(crate::store::open(&dir, crate::config::Durability::Off).unwrap());
+        let (writer, rx) = crossbeam_channel::bounded(capacity);
+        let (inbox, _) = crossbeam_channel::unbounded();
+        let mesh = super::super::mesh::build(1, 2).unwrap();
+        let handles: Arc<[ShardHandle]> = vec![ShardHandle {
+            tx: inbox,
+            bell: mesh[0].ringer(),
+        }]
+        .into();
+        let link = StoreLink {
+            writer,
+            pool: Pool::start(&dir, 1, 16).unwrap(),
+            want_space: vec![AtomicBool::new(false)].into(),
+        };
+        let limits = ReplayLimits {
+            page: 10,
+            max_outbound_bytes: 1 << 20,
+        };
+        (Durable::new(0, Some(link), handles, limits), rx)
+    }
+
+    fn msg(seq: u64) -> WriterItem {
+        Item::msg(
+            Sequenced {
+                draft: Draft {
+                    room: "r".into(),
+                    sender: "a".into(),
+                    headers: Vec::new(),
+                    body: Box::default(),
+                },
+                seq,
+                timestamp_ms: 0,
+            },
+            None,
+        )
+    }
+
+    fn seq(item: WriterItem) -> u64 {
+        match item {
+            Item::Msg(p) => p.msg.seq,
+            Item::After(_) => 0,
+        }
+    }
+
+    #[test]
+    fn a_full_writer_queue_holds_items_in_order_and_asks_for_space() {
+        let (d, rx) = durable(2);
+        for s in 1..=5 {
+            d.persist(msg(s));
+        }
+        assert!(d.congested(), "3 items wait for the writer");
+        let want = &d.store.as_ref().unwrap().want_space[0];
+        assert!(want.load(Ordering::SeqCst), "the writer is asked to ring");
+        // The writer takes one: one held item moves in, two stay held.
+        assert_eq!(seq(rx.try_recv().unwrap()), 1);
+        assert!(!d.drain_overflow(), "still holding");
+        assert!(d.congested());
+        // A new item queues behind the held ones, never ahead of them.
+        d.persist(msg(6));
+        let mut got = Vec::new();
+        while d.congested() {
+            while let Ok(item) = rx.try_recv() {
+                got.push(seq(item));
+            }
+            d.drain_overflow();
+        }
+        while let Ok(item) = rx.try_recv() {
+            got.push(seq(item));
+        }
+        assert_eq!(got, [2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn work_waits_for_its_room_once_per_room() {
+        let (d, rx) = durable(16);
+        let publish = |room: &str| Work::Publish {
+            draft: Draft {
+                room: room.into(),
+                sender: "a".into(),
+                headers: Vec::new(),
+                body: Box::default(),
+            },
+            origin: super::super::Origin::Local(ConnToken { key: 0, serial: 1 }),
+            confirm: None,
+        };
+        d.wait_for_room(publish("a"));
+        d.wait_for_room(publish("a"));
+        d.wait_for_room(publish("b"));
+        // One read of the last seq per room, as a writer job.
+        let jobs: Vec<_> = rx.try_iter().collect();
+        assert_eq!(jobs.len(), 2);
+        assert!(jobs.iter().all(|j| matches!(j, Item::After(_))));
+        assert_eq!(d.room_loaded("a").len(), 2);
+        assert_eq!(d.room_loaded("a").len(), 0);
+        assert_eq!(d.room_loaded("b").len(), 1);
+    }
+
     /// The writer's queue is a crossbeam array channel: its slots are
     /// allocated up front (`persist_queue` of them), so their size is
     /// memory the server holds from the start (README: `--persist-queue`).

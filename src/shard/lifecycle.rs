@@ -163,3 +163,34 @@ pub(super) fn close_all(shard: &Rc<Shard>, closed: Sender<usize>) {
     })
     .detach();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_once_after_stop_and_every_peer_quiesced() {
+        let life = Lifecycle::default();
+        assert!(life.quiesced(0).is_none(), "not stopping yet");
+        life.peer_quiesced();
+        let (tx, rx) = std::sync::mpsc::channel();
+        life.stop(tx);
+        assert!(life.stopping());
+        assert!(life.quiesced(2).is_none(), "one of two peers so far");
+        life.peer_quiesced();
+        let report = life.quiesced(2).expect("both peers quiesced");
+        assert!(life.quiesced(2).is_none(), "reported once");
+        report.send(7).unwrap();
+        assert_eq!(rx.recv().unwrap(), 7);
+    }
+
+    #[test]
+    fn the_stomp_refusal_is_a_complete_error_frame() {
+        let f = stomp_full();
+        let text = std::str::from_utf8(&f).unwrap();
+        assert_eq!(
+            text,
+            "ERROR\nmessage:server full\ncontent-type:text/plain\ncontent-length:37\n\nmax_connections reached; retry later\n\0"
+        );
+    }
+}

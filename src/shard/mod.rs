@@ -443,8 +443,7 @@ impl Shard {
             ReplayFrom::Since(n) => n,
             ReplayFrom::Last(k) => upto.saturating_sub(k),
         };
-        self.durable
-            .start_replay(req.room, (req.shard, req.conn, req.sub_n), after, upto);
+        self.durable.start_replay(req, after, upto);
     }
 
     /// A room's last stored seq was read (or could not be): run what waited.

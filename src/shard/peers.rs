@@ -106,3 +106,22 @@ pub(super) async fn send_loop(shard: Rc<Shard>, to: usize) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbox_over_its_limit_congests_the_shard() {
+        let mut ends = super::super::mesh::build(3, 4).unwrap();
+        let peers = Peers::new(ends.remove(1), 2);
+        assert_eq!(peers.id, 1);
+        assert!(!peers.congested());
+        peers.send(0, ShardMsg::Quiesce);
+        assert!(!peers.congested());
+        peers.send(0, ShardMsg::Quiesce);
+        assert!(peers.congested(), "two queued for shard 0, limit 2");
+        assert_eq!(peers.outbox[0].borrow().len(), 2);
+        assert!(peers.outbox[2].borrow().is_empty());
+    }
+}

@@ -263,7 +263,7 @@ pub fn parse<'a>(
 
 /// Best effort for an ERROR about a frame that did not parse: the raw value
 /// of its first `receipt` header among the complete header lines buffered.
-pub fn receipt_hint(buf: &[u8]) -> Option<String> {
+pub(crate) fn receipt_hint(buf: &[u8]) -> Option<String> {
     let mut lines = buf
         .split(|&b| b == b'\n')
         .skip_while(|l| l.is_empty() || *l == b"\r");
@@ -340,7 +340,7 @@ fn unescape(raw: &[u8], escaping: Escaping) -> Result<Cow<'_, str>, ParseError> 
 /// With `Escaping::None` (STOMP 1.0, CONNECTED) values go out raw — except
 /// one holding a line break, which cannot be written raw and gets the 1.1
 /// escapes instead (the only choice that keeps the frame intact).
-pub fn escape_into(out: &mut Vec<u8>, s: &str, escaping: Escaping) {
+pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str, escaping: Escaping) {
     let escaping = if escaping == Escaping::None && s.bytes().any(|b| b == b'\n' || b == b'\r') {
         Escaping::V11
     } else {
@@ -367,7 +367,7 @@ pub fn escape_into(out: &mut Vec<u8>, s: &str, escaping: Escaping) {
 /// Append a header *name*: like `escape_into`, but with no escaping a name
 /// holding `:` would split differently (`a:b:v` reads as `a` = `b:v`), so it
 /// gets the 1.1 escapes too.
-pub fn escape_name_into(out: &mut Vec<u8>, s: &str, escaping: Escaping) {
+pub(crate) fn escape_name_into(out: &mut Vec<u8>, s: &str, escaping: Escaping) {
     if escaping == Escaping::None && s.contains(':') {
         escape_into(out, s, Escaping::V11);
     } else {
@@ -377,12 +377,12 @@ pub fn escape_name_into(out: &mut Vec<u8>, s: &str, escaping: Escaping) {
 
 /// Unescape a value per `escaping` (for a receipt id salvaged from a frame
 /// that did not parse); `None` if it holds an invalid escape.
-pub fn unescape_value(raw: &str, escaping: Escaping) -> Option<String> {
+pub(crate) fn unescape_value(raw: &str, escaping: Escaping) -> Option<String> {
     unescape(raw.as_bytes(), escaping).ok().map(Cow::into_owned)
 }
 
 /// Append one server frame: command, escaped headers, blank line, body, NUL.
-pub fn encode_frame(
+pub(crate) fn encode_frame(
     out: &mut Vec<u8>,
     command: &str,
     headers: &[(&str, &str)],

@@ -6,8 +6,8 @@
 //! Nothing here runs on a shard: shards only `try_send` into the writer's
 //! bounded channel and get commit results back as messages.
 
-pub mod pool;
-pub mod retention;
+pub(crate) mod pool;
+pub(crate) mod retention;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -52,10 +52,10 @@ pub enum StoreError {
 /// cores with the shards; when both want a core, the shard (the message
 /// path) should win, and a writer that falls behind is what back-pressure
 /// is for. Linux applies `setpriority` per thread.
-pub const STORE_THREAD_NICE: i32 = 10;
+pub(crate) const STORE_THREAD_NICE: i32 = 10;
 
 /// Lower the calling thread's priority to [`STORE_THREAD_NICE`].
-pub fn lower_thread_priority() {
+pub(crate) fn lower_thread_priority() {
     // SAFETY: gettid and setpriority on our own thread; failure is harmless.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
@@ -121,10 +121,10 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// WAL pages between automatic checkpoints (4 KiB pages: ~40 MB).
-pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
+pub(crate) const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Open (creating if needed) the database in `dir`, in WAL mode with the
 /// given durability, and bring its schema up to date.
@@ -168,7 +168,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// The last stored seq of `room` (0 if it has none).
-pub fn last_seq(conn: &Connection, room: &str) -> Result<u64, StoreError> {
+pub(crate) fn last_seq(conn: &Connection, room: &str) -> Result<u64, StoreError> {
     let seq: Option<i64> = conn
         .query_row(
             "SELECT last_seq FROM rooms WHERE room = ?1",
@@ -181,7 +181,7 @@ pub fn last_seq(conn: &Connection, room: &str) -> Result<u64, StoreError> {
 
 /// Open a reader connection (for the pool): read-only, WAL, never blocks
 /// the writer.
-pub fn open_reader(dir: &Path) -> Result<Connection, StoreError> {
+pub(crate) fn open_reader(dir: &Path) -> Result<Connection, StoreError> {
     use rusqlite::OpenFlags;
     let path = dir.join(DB_FILE);
     let conn = Connection::open_with_flags(
@@ -198,13 +198,13 @@ pub fn open_reader(dir: &Path) -> Result<Connection, StoreError> {
 
 /// A message's user headers as stored: a JSON array of `[name, value]`
 /// pairs (an array, not an object, so their order survives).
-pub fn headers_to_json(headers: &[(Box<str>, Box<str>)], out: &mut Vec<u8>) {
+pub(crate) fn headers_to_json(headers: &[(Box<str>, Box<str>)], out: &mut Vec<u8>) {
     // Serialising strings into a Vec cannot fail.
     let _ = serde_json::to_writer(out, headers);
 }
 
 /// The inverse of [`headers_to_json`]; a damaged value gives no headers.
-pub fn headers_from_json(json: &str) -> Vec<(Box<str>, Box<str>)> {
+pub(crate) fn headers_from_json(json: &str) -> Vec<(Box<str>, Box<str>)> {
     serde_json::from_str::<Vec<(String, String)>>(json)
         .map(|v| v.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
         .unwrap_or_default()
@@ -212,7 +212,7 @@ pub fn headers_from_json(json: &str) -> Vec<(Box<str>, Box<str>)> {
 
 /// Which stored messages of a room to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Range {
+pub(crate) enum Range {
     /// Seqs `> after` and `<= upto`, oldest first.
     After { after: u64, upto: u64 },
     /// The newest seqs `< before`, returned oldest first.
@@ -222,14 +222,14 @@ pub enum Range {
 /// A page of stored messages, oldest first, and whether the range has more
 /// beyond it (the page hit `limit` or `max_bytes`).
 #[derive(Debug, Default)]
-pub struct Page {
+pub(crate) struct Page {
     pub messages: Vec<Sequenced>,
     pub more: bool,
 }
 
 /// Read up to `limit` messages of `room` in `range`, stopping early once
 /// their bodies reach `max_bytes` (at least one message is always read).
-pub fn read_page(
+pub(crate) fn read_page(
     conn: &Connection,
     room: &str,
     range: Range,

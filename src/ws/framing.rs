@@ -180,7 +180,7 @@ impl WsReader {
 }
 
 /// Append an unmasked server frame header for a payload of `len` bytes.
-pub fn write_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
+pub(crate) fn write_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
     let hdr = FrameHeader {
         is_final: true,
         rsv1: false,
@@ -194,7 +194,8 @@ pub fn write_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
 }
 
 /// Length of the header `write_header` writes for `len` payload bytes.
-pub fn header_len(len: usize) -> usize {
+#[cfg(test)]
+fn header_len(len: usize) -> usize {
     match len {
         0..=125 => 2,
         126..=65535 => 4,
@@ -203,12 +204,12 @@ pub fn header_len(len: usize) -> usize {
 }
 
 /// The opcode of an outbound STOMP frame: text when it is valid UTF-8.
-pub fn data_opcode(utf8: bool) -> OpCode {
+pub(crate) fn data_opcode(utf8: bool) -> OpCode {
     OpCode::Data(if utf8 { Data::Text } else { Data::Binary })
 }
 
 /// Append a complete close frame.
-pub fn write_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
+pub(crate) fn write_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
     write_header(out, OpCode::Control(Control::Close), 2 + reason.len());
     out.extend_from_slice(&u16::from(code).to_be_bytes());
@@ -216,7 +217,7 @@ pub fn write_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
 }
 
 /// Append a pong answering `payload`.
-pub fn write_pong(out: &mut Vec<u8>, payload: &[u8]) {
+pub(crate) fn write_pong(out: &mut Vec<u8>, payload: &[u8]) {
     write_header(out, OpCode::Control(Control::Pong), payload.len());
     out.extend_from_slice(payload);
 }

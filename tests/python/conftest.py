@@ -149,8 +149,9 @@ class Server:
 
 
 def start_server(base_dir: Path, *extra_args: str, env: Optional[dict] = None,
-                 listen: str = "127.0.0.1:0", stomp_listen: str = "127.0.0.1:0") -> Server:
-    binary = stampede_bin()
+                 listen: str = "127.0.0.1:0", stomp_listen: str = "127.0.0.1:0",
+                 binary: Optional[Path] = None) -> Server:
+    binary = binary or stampede_bin()
     if not binary.exists():
         pytest.fail(f"stampede binary not found at {binary} (set STAMPEDE_BIN or run cargo build --release)")
     data_dir = base_dir / "data"
