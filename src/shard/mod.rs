@@ -56,7 +56,7 @@ use conns::{ConnRef, Conns};
 use durable::{Durable, ReplayLimits};
 pub(crate) use durable::{StoreLink, WriterItem};
 use lifecycle::Lifecycle;
-use msg::{External, Interest, Owed, ReplayReq, ShardHandle, ShardMsg};
+use msg::{External, Interest, Owed, Refusal, ReplayReq, ShardHandle, ShardMsg};
 use peers::Peers;
 use rooms::{FanoutLimits, PageDone, ReplayHold, Rooms, Seq, Subscriber};
 
@@ -458,7 +458,7 @@ impl Shard {
             }
             Err(e) => {
                 error!(room, "cannot read the room's last seq: {e}");
-                let detail = format!("the room's history could not be read: {e}");
+                let why = Refusal::HistoryUnavailable(Arc::new(e));
                 for w in works {
                     let (shard, conn, receipt) = match w {
                         Work::Publish {
@@ -473,7 +473,7 @@ impl Shard {
                         }
                         Work::Replay(req) => (req.shard, req.conn, None),
                     };
-                    self.refuse_at(shard, conn, receipt, "history unavailable", &detail);
+                    self.refuse_at(shard, conn, receipt, why.clone());
                 }
             }
         }
@@ -571,26 +571,13 @@ impl Shard {
     }
 
     /// ERROR and close connection `conn` of shard `shard`.
-    fn refuse_at(
-        &self,
-        shard: usize,
-        conn: ConnToken,
-        receipt: Option<Box<str>>,
-        message: &str,
-        detail: &str,
-    ) {
+    fn refuse_at(&self, shard: usize, conn: ConnToken, receipt: Option<Box<str>>, why: Refusal) {
         if shard == self.id {
-            self.refuse(conn, receipt.as_deref(), message, detail);
+            let (message, detail) = why.error_text();
+            self.refuse(conn, receipt.as_deref(), message, &detail);
         } else {
-            self.peers.send(
-                shard,
-                ShardMsg::Refuse {
-                    conn,
-                    receipt,
-                    message: message.into(),
-                    detail: detail.into(),
-                },
-            );
+            self.peers
+                .send(shard, ShardMsg::Refuse { conn, receipt, why });
         }
     }
 
@@ -612,12 +599,10 @@ impl Shard {
             }
             ShardMsg::Deliver(msg) => self.rooms.borrow_mut().deliver_local(&msg, &self.conns),
             ShardMsg::Receipt { conn, receipt } => self.write_receipt(conn, &receipt),
-            ShardMsg::Refuse {
-                conn,
-                receipt,
-                message,
-                detail,
-            } => self.refuse(conn, receipt.as_deref(), &message, &detail),
+            ShardMsg::Refuse { conn, receipt, why } => {
+                let (message, detail) = why.error_text();
+                self.refuse(conn, receipt.as_deref(), message, &detail);
+            }
             ShardMsg::Interest {
                 room,
                 change,

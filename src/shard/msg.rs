@@ -33,6 +33,25 @@ pub(crate) struct Owed {
     pub what: Confirm,
 }
 
+/// Why a room's owner could not take a connection's SEND or SUBSCRIBE.
+#[derive(Debug, Clone)]
+pub(crate) enum Refusal {
+    /// The room's last stored seq could not be read.
+    HistoryUnavailable(Arc<StoreError>),
+}
+
+impl Refusal {
+    /// The ERROR frame's `message` header and body.
+    pub fn error_text(&self) -> (&'static str, String) {
+        match self {
+            Refusal::HistoryUnavailable(e) => (
+                "history unavailable",
+                format!("the room's history could not be read: {e}"),
+            ),
+        }
+    }
+}
+
 /// A subscription asks its room's owner for a replay.
 #[derive(Debug, Clone)]
 pub(crate) struct ReplayReq {
@@ -61,8 +80,7 @@ pub(crate) enum ShardMsg {
     Refuse {
         conn: ConnToken,
         receipt: Option<Box<str>>,
-        message: Box<str>,
-        detail: String,
+        why: Refusal,
     },
     /// To a room's owner: the sending shard's interest in `room` changed;
     /// `reply` asks for a RECEIPT once the owner has applied it.
