@@ -243,3 +243,61 @@ impl Out {
         self.closing = Some(Instant::now() + CLOSE_FLUSH_TIMEOUT);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_buffer_is_freed_and_unblocks() {
+        let mut out = Out::new(false, Instant::now());
+        out.frame("RECEIPT", &[("receipt-id", "r1")], b"", Escaping::None);
+        assert_eq!(out.pending(), b"RECEIPT\nreceipt-id:r1\n\n\0");
+        out.set_write_blocked();
+        out.consume(3);
+        assert!(out.is_write_blocked(), "not all written yet");
+        assert_eq!(out.pending(), b"EIPT\nreceipt-id:r1\n\n\0");
+        out.consume(out.pending_len());
+        assert!(!out.is_write_blocked());
+        assert_eq!(out.buf.capacity(), 0, "an idle connection pins no buffer");
+    }
+
+    #[test]
+    fn an_error_closes_once_and_ends_with_a_close_frame_over_websocket() {
+        let mut out = Out::new(true, Instant::now());
+        out.error("bad", Some("r9"), &[], "why", CloseCode::Policy);
+        assert!(out.is_closing());
+        let first = out.pending_len();
+        // A second error (or close) while closing adds nothing.
+        out.error("again", None, &[], "", CloseCode::Protocol);
+        out.close(CloseCode::Normal, "");
+        assert_eq!(out.pending_len(), first);
+        let bytes = out.pending();
+        // A text message with the ERROR frame, then a close frame 1008.
+        let frame = b"ERROR\nmessage:bad\nreceipt-id:r9\ncontent-type:text/plain\ncontent-length:3\n\nwhy\0";
+        assert_eq!(bytes[0], 0x81);
+        assert_eq!(bytes[1] as usize, frame.len());
+        assert_eq!(&bytes[2..2 + frame.len()], frame);
+        assert_eq!(&bytes[2 + frame.len()..], [0x88, 0x02, 0x03, 0xf0]);
+    }
+
+    #[test]
+    fn shutdown_is_due_once_after_everything_is_sent() {
+        let mut out = Out::new(false, Instant::now());
+        assert!(!out.take_shutdown(), "not closing");
+        out.http(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(!out.take_shutdown(), "still sending");
+        out.consume(out.pending_len());
+        assert!(out.take_shutdown());
+        assert!(!out.take_shutdown(), "once");
+    }
+
+    #[test]
+    fn the_flush_list_mark_is_taken_once() {
+        let mut out = Out::new(false, Instant::now());
+        assert!(out.mark_queued());
+        assert!(!out.mark_queued());
+        out.clear_queued();
+        assert!(out.mark_queued());
+    }
+}

@@ -107,3 +107,67 @@ fn check(c: &mut Conn, now: Instant, tick: Duration, connect_timeout: Duration) 
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::{ConnToken, Sock};
+
+    #[test]
+    fn the_tick_is_a_quarter_of_the_shortest_heart_beat_within_bounds() {
+        let mut cfg = crate::config::Config::resolve(
+            <crate::config::Cli as clap::Parser>::parse_from(["stampede"]),
+            crate::config::FileConfig::default(),
+        );
+        cfg.heartbeat_send_ms = 200;
+        cfg.heartbeat_receive_ms = 0;
+        assert_eq!(sweep_tick(&cfg), Duration::from_millis(50));
+        cfg.heartbeat_send_ms = 0;
+        assert_eq!(sweep_tick(&cfg), MAX_SWEEP_TICK, "no heart-beats");
+        cfg.heartbeat_receive_ms = 8;
+        assert_eq!(
+            sweep_tick(&cfg),
+            Duration::from_millis(10),
+            "at least 10 ms"
+        );
+    }
+
+    #[test]
+    fn a_silent_connection_is_refused_after_the_connect_timeout() {
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(512 * 1024)
+            .make()
+            .unwrap();
+        ex.run(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let ours = glommio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let _peer = listener.accept().unwrap();
+            let token = ConnToken { key: 0, serial: 1 };
+            let mut c = Conn::new(token, Sock::new(ours), Phase::Stomp, b"");
+            let tick = Duration::from_millis(100);
+            let timeout = Duration::from_secs(10);
+            let start = c.created();
+            assert!(!check(
+                &mut c,
+                start + Duration::from_secs(9),
+                tick,
+                timeout
+            ));
+            assert!(!c.out().is_closing());
+            assert!(check(&mut c, start + timeout, tick, timeout));
+            assert!(c.out().is_closing());
+            let text = String::from_utf8(c.out().pending().to_vec()).unwrap();
+            assert!(
+                text.starts_with("ERROR\nmessage:not connected: CONNECT timeout\n"),
+                "{text}"
+            );
+            assert!(text.ends_with("no CONNECT within 10000 ms\0"), "{text}");
+            // Closing: after the close deadline it is aborted, not written to.
+            let deadline = c.out().close_deadline().unwrap();
+            assert!(!check(&mut c, deadline, tick, timeout));
+            assert!(c.out().is_aborted());
+        });
+    }
+}
