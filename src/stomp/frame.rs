@@ -127,6 +127,12 @@ pub enum ParseError {
     BadEscape,
     #[error("header is not valid UTF-8")]
     NotUtf8,
+    /// A NUL would end the frame early wherever the header is copied to.
+    #[error("header contains a NUL byte")]
+    NulInHeader,
+    /// A CR is only allowed as part of a CRLF line end.
+    #[error("header contains a bare carriage return")]
+    CrInHeader,
     #[error("invalid content-length")]
     BadContentLength,
     #[error("frame body not terminated by NUL after content-length bytes")]
@@ -212,6 +218,7 @@ pub fn parse<'a>(
         if headers.len() == limits.max_headers {
             return Err(ParseError::TooManyHeaders);
         }
+        check_header_bytes(hline)?;
         let colon = hline
             .iter()
             .position(|&b| b == b':')
@@ -225,7 +232,7 @@ pub fn parse<'a>(
     let content_length = headers
         .iter()
         .find(|(k, _)| k == "content-length")
-        .map(|(_, v)| v.parse::<usize>().map_err(|_| ParseError::BadContentLength))
+        .map(|(_, v)| parse_length(v).ok_or(ParseError::BadContentLength))
         .transpose()?;
     let body_start = pos;
     let body_end = match content_length {
@@ -261,8 +268,33 @@ pub fn parse<'a>(
     Ok(Parsed::Frame(frame, body_end + 1))
 }
 
+/// Reject the bytes no header may hold, whatever the version: NUL (it ends
+/// a frame, so copied into another frame it would end that one early and
+/// let the rest forge a frame) and a bare CR (STOMP lines end in LF or
+/// CRLF; a CR elsewhere is outside the grammar of every version). Escapes
+/// (`\n`, `\c`, …) are checked when the value is unescaped.
+fn check_header_bytes(line: &[u8]) -> Result<(), ParseError> {
+    if line.contains(&0) {
+        return Err(ParseError::NulInHeader);
+    }
+    if line.contains(&b'\r') {
+        return Err(ParseError::CrInHeader);
+    }
+    Ok(())
+}
+
+/// A `content-length`: ASCII digits only (`+3`, ` 3` and `3 ` are not
+/// numbers, whatever Rust's `parse` accepts).
+fn parse_length(v: &str) -> Option<usize> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
 /// Best effort for an ERROR about a frame that did not parse: the raw value
-/// of its first `receipt` header among the complete header lines buffered.
+/// of its first `receipt` header among the complete header lines buffered,
+/// unless it holds a byte no header may (then no receipt is echoed).
 pub(crate) fn receipt_hint(buf: &[u8]) -> Option<String> {
     let mut lines = buf
         .split(|&b| b == b'\n')
@@ -274,6 +306,7 @@ pub(crate) fn receipt_hint(buf: &[u8]) -> Option<String> {
             break;
         }
         if let Some(v) = line.strip_prefix(b"receipt:") {
+            check_header_bytes(v).ok()?;
             return Some(String::from_utf8_lossy(v).into_owned());
         }
     }
@@ -538,6 +571,36 @@ mod tests {
     }
 
     #[test]
+    fn headers_with_nul_or_a_bare_cr_are_refused() {
+        for esc in [Escaping::None, Escaping::V11, Escaping::V12] {
+            for (buf, err) in [
+                (&b"SEND\na:x\0MESSAGE\n\n\0"[..], ParseError::NulInHeader),
+                (b"SEND\na\0b:x\n\n\0", ParseError::NulInHeader),
+                (b"SEND\na:x\rMESSAGE\n\n\0", ParseError::CrInHeader),
+                (b"SEND\na:x\r\r\n\n\0", ParseError::CrInHeader),
+                (b"CONNECT\nlogin:eve\0x\n\n\0", ParseError::NulInHeader),
+            ] {
+                assert_eq!(parse(buf, esc, &L).unwrap_err(), err, "{buf:?}");
+            }
+        }
+        // A CRLF line end is not a bare CR.
+        let (f, _) = frame(b"SEND\r\na:x\r\n\r\n\0", Escaping::V12);
+        assert_eq!(f.header("a"), Some("x"));
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        for v in ["+3", " 3", "3 ", "", "-0", "0x3"] {
+            let buf = format!("SEND\ncontent-length:{v}\n\nabc\0");
+            assert_eq!(
+                parse(buf.as_bytes(), Escaping::V12, &L).unwrap_err(),
+                ParseError::BadContentLength,
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
     fn receipt_of_an_unparsable_frame() {
         assert_eq!(
             receipt_hint(b"SEND\nk:a\\tb\nreceipt:r9\n\n\0").as_deref(),
@@ -545,6 +608,8 @@ mod tests {
         );
         assert_eq!(receipt_hint(b"\nSEND\r\nreceipt:r1\r\n"), Some("r1".into()));
         assert_eq!(receipt_hint(b"SEND\n\nreceipt:x\0"), None);
+        assert_eq!(receipt_hint(b"SEND\nreceipt:r\0MESSAGE\n\n\0"), None);
+        assert_eq!(receipt_hint(b"SEND\nreceipt:r\rx\n\n\0"), None);
     }
 
     #[test]
