@@ -176,6 +176,13 @@ settings! {
     /// Items queued for one peer shard above which connections on this shard
     /// stop being read until the queue drains (back-pressure, never loss).
     max_peer_queue: usize = 65_536, env "STAMPEDE_MAX_PEER_QUEUE", default_help "65536";
+    /// Bytes of messages one shard may have on their way to another (queued
+    /// for it, or in the mesh and not yet handled there) before it stops
+    /// reading its connections. This is what bounds memory when a shard
+    /// forwards SENDs to a room's owner faster than the owner (or its
+    /// writer) takes them. 4 MiB is ~20,000 chat messages: a few
+    /// milliseconds of a shard's peak rate, so throughput does not notice.
+    max_peer_bytes: usize = 4 * 1024 * 1024, env "STAMPEDE_MAX_PEER_BYTES", default_help "4194304";
     /// Listen backlog per shard socket. glommio's own bind hard-codes 1024;
     /// a storm of thousands of simultaneous connects needs more (the kernel
     /// caps it at net.core.somaxconn).
@@ -279,6 +286,11 @@ impl Config {
             "max_outbound_bytes (>= max_frame_size)",
         )?;
         at_least(self.mesh_capacity, 2, "mesh_capacity")?;
+        at_least(
+            self.max_peer_bytes,
+            2 * self.max_frame_size,
+            "max_peer_bytes (>= 2 x max_frame_size)",
+        )?;
         at_least(self.io_memory_kib, 512, "io_memory_kib")?;
         at_least(self.preempt_timer_ms as usize, 1, "preempt_timer_ms")?;
         at_least(self.persist_queue, 16, "persist_queue")?;

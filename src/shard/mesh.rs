@@ -15,17 +15,31 @@
 //! push that lands during the drain rings again and nothing is missed. When a
 //! queue is full the producer sets `want_space` for that pair; the consumer
 //! rings the producer's bell once it has drained that queue.
+//!
+//! Bytes in flight: each pair also counts the bytes of the batches the
+//! producer has queued and the consumer has not finished handling
+//! (`inflight`). A queue's capacity is in batches, and a batch can hold
+//! thousands of messages, so that count — not the capacity — is what bounds
+//! the memory between two shards: the producer stops reading its clients
+//! while it is over `--max-peer-bytes` (and sets `want_space`, so that the
+//! consumer rings it once it has handled more). One atomic add per batch on
+//! each side, as for the doorbell.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use super::msg::ShardMsg;
 
 /// What travels between shards: one slot per flush, not per message.
-pub(crate) type Batch = Vec<ShardMsg>;
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub msgs: Vec<ShardMsg>,
+    /// What the messages cost (`ShardMsg::cost`), counted in flight.
+    pub bytes: usize,
+}
 
 /// A shard's wake-up: a flag and the write end of its socketpair.
 struct Doorbell {
@@ -36,8 +50,12 @@ struct Doorbell {
 /// Shared by all shards: every doorbell and the want-space flags.
 struct Bells {
     bells: Vec<Doorbell>,
-    /// `want_space[from * n + to]`: `from` found the queue to `to` full.
+    /// `want_space[from * n + to]`: `from` found the queue to `to` full,
+    /// or over its bytes in flight.
     want_space: Vec<AtomicBool>,
+    /// `inflight[from * n + to]`: bytes of batches queued from `from` to
+    /// `to` that `to` has not finished handling.
+    inflight: Vec<AtomicUsize>,
 }
 
 /// One shard's end of the mesh (built on the main thread, moved to the shard).
@@ -102,6 +120,7 @@ pub(crate) fn build(n: usize, capacity: usize) -> std::io::Result<Vec<MeshEnd>> 
     let bells = Arc::new(Bells {
         bells,
         want_space: (0..n * n).map(|_| AtomicBool::new(false)).collect(),
+        inflight: (0..n * n).map(|_| AtomicUsize::new(0)).collect(),
     });
     let mut ends: Vec<MeshEnd> = readers
         .into_iter()
@@ -151,6 +170,15 @@ impl MeshEnd {
     /// Offer a batch to `to` and ring its bell. Runs on this shard.
     pub fn offer(&self, to: usize, batch: Batch) -> Offer {
         let tx = self.tx[to].as_ref().expect("no queue to self");
+        let inflight = &self.bells.inflight[self.id * self.n + to];
+        // Counted before the send: the consumer may handle the batch (and
+        // subtract) before `try_send` even returns.
+        let bytes = batch.bytes;
+        inflight.fetch_add(bytes, Ordering::SeqCst);
+        let back = |batch: Batch| {
+            inflight.fetch_sub(bytes, Ordering::SeqCst);
+            batch
+        };
         match tx.try_send(batch) {
             Ok(()) => {
                 self.ring(to);
@@ -166,13 +194,30 @@ impl MeshEnd {
                     }
                     Err(TrySendError::Full(batch)) => {
                         self.ring(to);
-                        Offer::Full(batch)
+                        Offer::Full(back(batch))
                     }
-                    Err(TrySendError::Disconnected(_)) => Offer::Closed,
+                    Err(TrySendError::Disconnected(batch)) => {
+                        back(batch);
+                        Offer::Closed
+                    }
                 }
             }
-            Err(TrySendError::Disconnected(_)) => Offer::Closed,
+            Err(TrySendError::Disconnected(batch)) => {
+                back(batch);
+                Offer::Closed
+            }
         }
+    }
+
+    /// Bytes queued from this shard to `to` that `to` has not handled yet.
+    pub fn inflight(&self, to: usize) -> usize {
+        self.bells.inflight[self.id * self.n + to].load(Ordering::SeqCst)
+    }
+
+    /// Ask `to` to ring this shard once it has handled more of what we
+    /// sent it (we are over the bytes we may have in flight).
+    pub fn want_space(&self, to: usize) {
+        self.bells.want_space[self.id * self.n + to].store(true, Ordering::SeqCst);
     }
 
     /// Clear our doorbell; call before draining (see the module comment).
@@ -185,12 +230,13 @@ impl MeshEnd {
     /// Take every batch queued for us, in order per peer, while `more()`
     /// says so (checked before each batch); ring the bell of any peer that
     /// waits for space in its queue to us.
-    pub fn drain(&self, mut f: impl FnMut(usize, Batch), more: impl Fn() -> bool) {
+    pub fn drain(&self, mut f: impl FnMut(usize, Vec<ShardMsg>), more: impl Fn() -> bool) {
         for (from, rx) in self.rx.iter().enumerate() {
             let Some(rx) = rx else { continue };
             while more() {
                 let Ok(batch) = rx.try_recv() else { break };
-                f(from, batch);
+                f(from, batch.msgs);
+                self.bells.inflight[from * self.n + self.id].fetch_sub(batch.bytes, Ordering::SeqCst);
             }
             if self.bells.want_space[from * self.n + self.id].swap(false, Ordering::SeqCst) {
                 self.ring(from);
@@ -233,10 +279,16 @@ mod tests {
         let mut ends = build(2, 2).unwrap();
         let bell1 = ends[1].take_bell_fd();
         let bell0 = ends[0].take_bell_fd();
-        assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Sent));
-        assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Sent));
+        let batch = |bytes| Batch {
+            msgs: Vec::new(),
+            bytes,
+        };
+        assert!(matches!(ends[0].offer(1, batch(10)), Offer::Sent));
+        assert!(matches!(ends[0].offer(1, batch(20)), Offer::Sent));
         assert_eq!(bell_bytes(&bell1), 1, "rung once while not cleared");
-        assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Full(_)));
+        assert_eq!(ends[0].inflight(1), 30);
+        assert!(matches!(ends[0].offer(1, batch(40)), Offer::Full(_)));
+        assert_eq!(ends[0].inflight(1), 30, "a batch handed back is not in flight");
         ends[1].clear_bell();
         let mut got = 0;
         ends[1].drain(
@@ -247,12 +299,14 @@ mod tests {
             || true,
         );
         assert_eq!(got, 2);
+        assert_eq!(ends[0].inflight(1), 0, "handled batches are no longer in flight");
         assert_eq!(
             bell_bytes(&bell0),
             1,
             "the producer that wanted space is rung"
         );
-        assert!(matches!(ends[0].offer(1, Vec::new()), Offer::Sent));
+        assert!(matches!(ends[0].offer(1, batch(5)), Offer::Sent));
         assert_eq!(bell_bytes(&bell1), 1);
+        assert_eq!(ends[1].inflight(0), 0, "counted per direction");
     }
 }

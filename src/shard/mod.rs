@@ -166,7 +166,7 @@ impl Shard {
                     max_pending_acks: cfg.max_pending_acks,
                 },
             )),
-            peers: Peers::new(mesh, cfg.max_peer_queue),
+            peers: Peers::new(mesh, cfg.max_peer_queue, cfg.max_peer_bytes),
             durable: Durable::new(
                 id,
                 store,
@@ -742,6 +742,9 @@ impl Shard {
             self.after_io();
             self.check_quiesced();
             self.peers.retry_sends();
+            // A peer rings us, too, when it has handled what we were over
+            // our bytes in flight for.
+            self.maybe_resume();
         }
     }
 }

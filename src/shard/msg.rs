@@ -106,6 +106,48 @@ pub(crate) enum ShardMsg {
     },
 }
 
+/// What one message in a batch is counted as against `--max-peer-bytes`:
+/// the slot it takes in the batch's `Vec` and its boxed parts, so many
+/// tiny messages are bounded as well as a few large ones.
+const MSG_OVERHEAD: usize = std::mem::size_of::<ShardMsg>();
+
+fn draft_bytes(d: &Draft) -> usize {
+    d.room.len()
+        + d.sender.len()
+        + d.body.len()
+        + d.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 32)
+            .sum::<usize>()
+}
+
+impl ShardMsg {
+    /// Bytes this message holds while it is between two shards.
+    pub fn cost(&self) -> usize {
+        MSG_OVERHEAD
+            + match self {
+                ShardMsg::Publish { draft, confirm, .. } => {
+                    draft_bytes(draft)
+                        + match confirm {
+                            Some(Confirm::Receipt(r)) => r.len(),
+                            _ => 0,
+                        }
+                }
+                ShardMsg::Deliver(m) => draft_bytes(&m.draft),
+                ShardMsg::Receipt { receipt, .. } => receipt.len(),
+                ShardMsg::Refuse { receipt, .. } => receipt.as_ref().map_or(0, |r| r.len()),
+                ShardMsg::Interest { room, reply, .. } => {
+                    room.len() + reply.as_ref().map_or(0, |(_, r)| r.len())
+                }
+                ShardMsg::Replay(req) => req.room.len(),
+                ShardMsg::Quiesce => 0,
+                ShardMsg::Adopt {
+                    inbound, outbound, ..
+                } => inbound.len() + outbound.len(),
+            }
+    }
+}
+
 /// From a plain thread to a shard.
 pub(crate) enum External {
     /// A writer batch with confirmations owed to this shard's connections

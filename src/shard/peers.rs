@@ -4,15 +4,22 @@
 //!
 //! An outbox keeps the order in which this shard's sessions and rooms put
 //! messages in it; a full mesh queue leaves the batch in the outbox until
-//! the peer makes room (it rings our doorbell). Runs on its shard only.
+//! the peer makes room (it rings our doorbell).
+//!
+//! Bounded in bytes: what waits in an outbox plus what the peer has not yet
+//! handled of what we sent it (`MeshEnd::inflight`) may reach
+//! `--max-peer-bytes`; beyond it this shard stops reading its connections
+//! until the peer catches up (it rings us: `want_space`). Peer batches are
+//! always handled whatever our own outboxes hold, so two shards sending to
+//! each other never wait on each other in a cycle. Runs on its shard only.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use tracing::warn;
 
 use super::Shard;
-use super::mesh::{MeshEnd, Offer};
+use super::mesh::{Batch, MeshEnd, Offer};
 use super::msg::ShardMsg;
 use super::notify::Notify;
 
@@ -20,6 +27,8 @@ pub(super) struct Peers {
     id: usize,
     /// Messages for each peer shard (own index unused), sent as one batch.
     outbox: Vec<RefCell<Vec<ShardMsg>>>,
+    /// What each outbox's messages cost (`ShardMsg::cost`).
+    outbox_bytes: Vec<Cell<usize>>,
     /// Wakes the task that sends to each peer.
     ready: Vec<Notify>,
     /// This shard's end of the shard-to-shard queues.
@@ -27,22 +36,30 @@ pub(super) struct Peers {
     /// Soft limit on an outbox (`max_peer_queue`): beyond it, this shard's
     /// connections stop being read.
     max_queue: usize,
+    /// Limit on bytes queued or in flight towards one peer
+    /// (`max_peer_bytes`): beyond it, this shard's connections stop being
+    /// read.
+    max_bytes: usize,
 }
 
 impl Peers {
-    pub fn new(mesh: MeshEnd, max_queue: usize) -> Peers {
+    pub fn new(mesh: MeshEnd, max_queue: usize, max_bytes: usize) -> Peers {
         let n = mesh.shards();
         Peers {
             id: mesh.id,
             outbox: (0..n).map(|_| RefCell::new(Vec::new())).collect(),
+            outbox_bytes: (0..n).map(|_| Cell::new(0)).collect(),
             ready: (0..n).map(|_| Notify::default()).collect(),
             mesh,
             max_queue,
+            max_bytes,
         }
     }
 
     /// Queue a message for peer shard `peer`.
     pub fn send(&self, peer: usize, msg: ShardMsg) {
+        let bytes = &self.outbox_bytes[peer];
+        bytes.set(bytes.get() + msg.cost());
         let mut q = self.outbox[peer].borrow_mut();
         q.push(msg);
         if q.len() == 1 {
@@ -50,12 +67,25 @@ impl Peers {
         }
     }
 
-    /// Whether any outbox is over its limit (then connections stop being
-    /// read).
+    /// Whether this shard must stop reading its connections: an outbox is
+    /// over `max_peer_queue` messages, or what is queued and in flight
+    /// towards a peer is over `max_peer_bytes`. A peer we are over the
+    /// bytes for is asked to ring us once it has handled more.
     pub fn congested(&self) -> bool {
-        self.outbox
-            .iter()
-            .any(|o| o.borrow().len() >= self.max_queue)
+        let mut congested = false;
+        for (to, q) in self.outbox.iter().enumerate() {
+            if to == self.id {
+                continue;
+            }
+            if q.borrow().len() >= self.max_queue {
+                congested = true;
+            }
+            if self.outbox_bytes[to].get() + self.mesh.inflight(to) >= self.max_bytes {
+                self.mesh.want_space(to);
+                congested = true;
+            }
+        }
+        congested
     }
 
     /// Wake the send tasks of outboxes that still hold messages (after the
@@ -85,17 +115,19 @@ pub(super) async fn send_loop(shard: Rc<Shard>, to: usize) {
     loop {
         peers.ready[to].wait().await;
         loop {
-            let batch = std::mem::take(&mut *peers.outbox[to].borrow_mut());
-            if batch.is_empty() {
+            let msgs = std::mem::take(&mut *peers.outbox[to].borrow_mut());
+            if msgs.is_empty() {
                 break;
             }
-            match peers.mesh.offer(to, batch) {
+            let bytes = peers.outbox_bytes[to].replace(0);
+            match peers.mesh.offer(to, Batch { msgs, bytes }) {
                 Offer::Sent => shard.maybe_resume(),
                 Offer::Full(batch) => {
                     // Nothing was queued meanwhile (no await since the
                     // take), so the batch goes back as it was. The peer
                     // rings our bell when it has made room.
-                    *peers.outbox[to].borrow_mut() = batch;
+                    *peers.outbox[to].borrow_mut() = batch.msgs;
+                    peers.outbox_bytes[to].set(batch.bytes);
                     break;
                 }
                 Offer::Closed => {
@@ -114,7 +146,7 @@ mod tests {
     #[test]
     fn an_outbox_over_its_limit_congests_the_shard() {
         let mut ends = super::super::mesh::build(3, 4).unwrap();
-        let peers = Peers::new(ends.remove(1), 2);
+        let peers = Peers::new(ends.remove(1), 2, 1 << 20);
         assert_eq!(peers.id, 1);
         assert!(!peers.congested());
         peers.send(0, ShardMsg::Quiesce);
@@ -123,5 +155,45 @@ mod tests {
         assert!(peers.congested(), "two queued for shard 0, limit 2");
         assert_eq!(peers.outbox[0].borrow().len(), 2);
         assert!(peers.outbox[2].borrow().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod byte_tests {
+    use super::*;
+    use crate::message::Draft;
+
+    fn publish(body: usize) -> ShardMsg {
+        ShardMsg::Publish {
+            draft: Draft {
+                room: "r".into(),
+                sender: "a".into(),
+                headers: Vec::new(),
+                body: vec![b'x'; body].into(),
+            },
+            origin: crate::conn::ConnToken { key: 0, serial: 1 },
+            confirm: None,
+        }
+    }
+
+    #[test]
+    fn bytes_queued_and_in_flight_towards_a_peer_congest_the_shard() {
+        let mut ends = super::super::mesh::build(2, 64).unwrap();
+        let consumer = ends.remove(1);
+        let peers = Peers::new(ends.remove(0), usize::MAX, 10_000);
+        peers.send(1, publish(4_000));
+        assert!(!peers.congested());
+        peers.send(1, publish(6_000));
+        assert!(peers.congested(), "queued bytes over the budget");
+        // Sent: the bytes are in flight until the peer has handled them.
+        let msgs = std::mem::take(&mut *peers.outbox[1].borrow_mut());
+        let bytes = peers.outbox_bytes[1].replace(0);
+        assert!(bytes > 10_000);
+        assert!(matches!(peers.mesh.offer(1, Batch { msgs, bytes }), Offer::Sent));
+        assert!(peers.congested(), "in flight counts too");
+        let mut handled = 0;
+        consumer.drain(|_, msgs| handled += msgs.len(), || true);
+        assert_eq!(handled, 2);
+        assert!(!peers.congested(), "handled: nothing in flight");
     }
 }
