@@ -236,7 +236,8 @@ impl MeshEnd {
             while more() {
                 let Ok(batch) = rx.try_recv() else { break };
                 f(from, batch.msgs);
-                self.bells.inflight[from * self.n + self.id].fetch_sub(batch.bytes, Ordering::SeqCst);
+                self.bells.inflight[from * self.n + self.id]
+                    .fetch_sub(batch.bytes, Ordering::SeqCst);
             }
             if self.bells.want_space[from * self.n + self.id].swap(false, Ordering::SeqCst) {
                 self.ring(from);
@@ -288,7 +289,11 @@ mod tests {
         assert_eq!(bell_bytes(&bell1), 1, "rung once while not cleared");
         assert_eq!(ends[0].inflight(1), 30);
         assert!(matches!(ends[0].offer(1, batch(40)), Offer::Full(_)));
-        assert_eq!(ends[0].inflight(1), 30, "a batch handed back is not in flight");
+        assert_eq!(
+            ends[0].inflight(1),
+            30,
+            "a batch handed back is not in flight"
+        );
         ends[1].clear_bell();
         let mut got = 0;
         ends[1].drain(
@@ -299,7 +304,11 @@ mod tests {
             || true,
         );
         assert_eq!(got, 2);
-        assert_eq!(ends[0].inflight(1), 0, "handled batches are no longer in flight");
+        assert_eq!(
+            ends[0].inflight(1),
+            0,
+            "handled batches are no longer in flight"
+        );
         assert_eq!(
             bell_bytes(&bell0),
             1,

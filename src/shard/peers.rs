@@ -189,7 +189,10 @@ mod byte_tests {
         let msgs = std::mem::take(&mut *peers.outbox[1].borrow_mut());
         let bytes = peers.outbox_bytes[1].replace(0);
         assert!(bytes > 10_000);
-        assert!(matches!(peers.mesh.offer(1, Batch { msgs, bytes }), Offer::Sent));
+        assert!(matches!(
+            peers.mesh.offer(1, Batch { msgs, bytes }),
+            Offer::Sent
+        ));
         assert!(peers.congested(), "in flight counts too");
         let mut handled = 0;
         consumer.drain(|_, msgs| handled += msgs.len(), || true);
