@@ -183,6 +183,14 @@ settings! {
     /// writer) takes them. 4 MiB is ~20,000 chat messages: a few
     /// milliseconds of a shard's peak rate, so throughput does not notice.
     max_peer_bytes: usize = 4 * 1024 * 1024, env "STAMPEDE_MAX_PEER_BYTES", default_help "4194304";
+    /// Seconds a room may go without a message and without a subscriber on
+    /// any shard before its owner frees its state (~100 bytes and the name);
+    /// its next seq is read from the store when it is used again. With
+    /// `--persist false` a room that has carried a message is kept (its seq
+    /// could not be recovered). 60 s keeps a room that is merely between
+    /// two visitors from being reloaded, while a client cycling through
+    /// millions of names leaves nothing behind after a minute.
+    room_idle_s: u64 = 60, env "STAMPEDE_ROOM_IDLE_S", default_help "60";
     /// Listen backlog per shard socket. glommio's own bind hard-codes 1024;
     /// a storm of thousands of simultaneous connects needs more (the kernel
     /// caps it at net.core.somaxconn).

@@ -73,6 +73,11 @@ impl<S> RoomIndex<S> {
             .flat_map(|subs| subs.iter_mut().map(|(_, s)| s))
     }
 
+    /// Whether `room` has a local subscriber.
+    pub fn has(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
     /// Rooms with at least one local subscriber.
     #[cfg(test)]
     pub fn rooms(&self) -> usize {

@@ -79,13 +79,10 @@ impl Listeners {
 fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
     // glommio always sets SO_REUSEPORT, so a second stampede on the same port
     // would silently take half the connections. A plain bind first fails
-    // with "address in use" if anyone listens there already.
+    // with "address in use" if anyone listens there already (see
+    // `wait_until_free`). Port 0 always gets a fresh port: no probe.
     if addr.port() != 0 {
-        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        probe.set_reuse_address(true)?;
-        probe
-            .bind(&addr.into())
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        wait_until_free(addr)?;
     }
     let mut addr = addr;
     let mut fds = Vec::with_capacity(n);
@@ -103,6 +100,71 @@ fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> io::Result<(SocketAddr,
         fds.push(OwnedFd::from(s));
     }
     Ok((addr, fds))
+}
+
+/// How long a start waits for listeners on its port to go away before it
+/// concludes that another process is serving there.
+const PORT_WAIT: Duration = Duration::from_secs(2);
+/// Pause between two bind probes while waiting.
+const PORT_POLL: Duration = Duration::from_millis(10);
+
+/// Probe `addr` with a plain bind (`SO_REUSEADDR`, no `SO_REUSEPORT`) until
+/// it succeeds, for at most `PORT_WAIT`.
+///
+/// With `SO_REUSEADDR` on both sides only a socket in LISTEN makes such a
+/// bind fail: the TIME_WAIT and FIN_WAIT connections a killed instance
+/// leaves behind do not. But a listener also outlives the process that
+/// owned it: glommio accepts through io_uring, an accept in flight holds a
+/// reference to the listening socket, and after `kill -9` the kernel tears
+/// the ring down in a worker *after* the process has been reaped. For that
+/// moment (10–30 ms on an idle machine) the old listeners are still in LISTEN, in no
+/// process's fd table, and still complete handshakes — so neither a LISTEN
+/// entry in /proc/net/tcp nor a test connect can tell them from a live
+/// instance's. What tells them apart is time: they go away by themselves,
+/// a live instance's listener does not. Nor may we simply bind next to
+/// them with SO_REUSEPORT: we would join their reuseport group, and the
+/// connections the kernel hashed to them would die with them. So: retry,
+/// bounded; a port still taken after `PORT_WAIT` means another process is
+/// listening there, and we refuse to start.
+fn wait_until_free(addr: SocketAddr) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    let mut waited = false;
+    loop {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        match probe.bind(&addr.into()) {
+            Ok(()) => {
+                if waited {
+                    tracing::info!(
+                        "waited {} ms for earlier listeners on {addr} to close",
+                        start.elapsed().as_millis()
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && start.elapsed() < PORT_WAIT => {
+                drop(probe);
+                waited = true;
+                std::thread::sleep(PORT_POLL);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot listen on {addr}: {e}; another process is still listening \
+                         there after {} s (is another stampede running?)",
+                        PORT_WAIT.as_secs()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e}"),
+                ));
+            }
+        }
+    }
 }
 
 /// How long start-up waits for every shard to report that it accepts. A

@@ -234,7 +234,8 @@ impl Conn {
             Ok(())
         });
         if let Err(e) = result {
-            out.close(CloseCode::Protocol, &e.to_string());
+            // 1002, or 1007 for a text message that is not UTF-8.
+            out.close(e.close_code(), &e.to_string());
         }
     }
 }

@@ -192,6 +192,11 @@ impl Durable {
         })));
     }
 
+    /// Whether `room`'s last seq is being read.
+    pub fn is_loading(&self, room: &str) -> bool {
+        self.loading.borrow().contains_key(room)
+    }
+
     /// The work that waited for `room`'s last seq.
     pub fn room_loaded(&self, room: &str) -> Vec<Work> {
         self.loading.borrow_mut().remove(room).unwrap_or_default()

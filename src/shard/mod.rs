@@ -165,6 +165,7 @@ impl Shard {
                     max_outbound_bytes: cfg.max_outbound_bytes,
                     max_pending_acks: cfg.max_pending_acks,
                 },
+                std::time::Duration::from_secs(cfg.room_idle_s),
             )),
             peers: Peers::new(mesh, cfg.max_peer_queue, cfg.max_peer_bytes),
             durable: Durable::new(

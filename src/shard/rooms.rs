@@ -4,9 +4,17 @@
 //!
 //! Runs on its shard only; nothing here waits or touches another shard
 //! (the caller sends what must cross).
+//!
+//! Owned rooms are freed when idle: a room with no subscriber on any shard
+//! and no message for `room_idle` is dropped by the sweeper (`evict_idle`),
+//! so a client that cycles through millions of room names leaves nothing
+//! behind. A freed room's next seq is read from the store again when it
+//! comes back (the path a restart takes). Without a store there is nothing
+//! to read it from, so a room that has given out seqs is kept: freeing it
+//! would give the same seq to a second message.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::conns::{ConnRef, Conns};
 use super::msg::Interest;
@@ -17,6 +25,9 @@ use crate::session::Pend;
 use crate::stomp::frame::Version;
 use crate::store::Page;
 use crate::ws::framing::CloseCode;
+
+/// Slots an emptied room table may keep before it is shrunk.
+const SHRINK_SLACK: usize = 1024;
 
 /// One subscription as the local fan-out sees it.
 pub(crate) struct Subscriber {
@@ -48,6 +59,9 @@ struct OwnedRoom {
     next_seq: Option<u64>,
     /// Which other shards currently have subscribers (indexed by shard).
     remote: Vec<bool>,
+    /// Last message or interest change: the room is freed `room_idle`
+    /// after this if nobody subscribes.
+    last_active: Instant,
 }
 
 /// Limits the fan-out enforces per connection.
@@ -86,10 +100,20 @@ pub(super) struct Rooms {
     limits: FanoutLimits,
     local: RoomIndex<Subscriber>,
     owned: HashMap<Box<str>, OwnedRoom>,
+    /// Every owned room once, oldest check first: when to look at it next.
+    checks: VecDeque<(Instant, Box<str>)>,
+    /// How long an owned room may sit idle before it is freed.
+    room_idle: Duration,
 }
 
 impl Rooms {
-    pub fn new(id: usize, nshards: usize, persistent: bool, limits: FanoutLimits) -> Rooms {
+    pub fn new(
+        id: usize,
+        nshards: usize,
+        persistent: bool,
+        limits: FanoutLimits,
+        room_idle: Duration,
+    ) -> Rooms {
         Rooms {
             id,
             nshards,
@@ -97,6 +121,8 @@ impl Rooms {
             limits,
             local: RoomIndex::default(),
             owned: HashMap::new(),
+            checks: VecDeque::new(),
+            room_idle,
         }
     }
 
@@ -117,18 +143,68 @@ impl Rooms {
 
     fn owned(&mut self, room: &str) -> &mut OwnedRoom {
         if !self.owned.contains_key(room) {
+            let now = Instant::now();
             let fresh = OwnedRoom {
                 next_seq: self.fresh_seq,
                 remote: vec![false; self.nshards],
+                last_active: now,
             };
+            self.checks.push_back((now + self.room_idle, room.into()));
             return self.owned.entry(room.into()).or_insert(fresh);
         }
         self.owned.get_mut(room).expect("checked above")
     }
 
+    /// Free owned rooms idle for `room_idle`: no subscriber here or on any
+    /// other shard, no message, and no room load pending (`loading`). At
+    /// most `budget` rooms are looked at per call (the sweeper calls it
+    /// every tick), so a million rooms never stall the shard.
+    pub fn evict_idle(&mut self, now: Instant, budget: usize, loading: impl Fn(&str) -> bool) {
+        let before = self.owned.len();
+        for _ in 0..budget {
+            let Some((due, _)) = self.checks.front() else {
+                break;
+            };
+            if *due > now {
+                break;
+            }
+            let (_, name) = self.checks.pop_front().expect("checked above");
+            let Some(room) = self.owned.get(&name) else {
+                continue;
+            };
+            let idle_until = room.last_active + self.room_idle;
+            let subscribed = room.remote.iter().any(|&r| r) || self.local.has(&name);
+            // Without a store a room that gave out seqs cannot be rebuilt.
+            let unrecoverable = self.fresh_seq.is_some() && room.next_seq != self.fresh_seq;
+            if idle_until <= now && !subscribed && !unrecoverable && !loading(&name) {
+                self.owned.remove(&name);
+            } else if !unrecoverable {
+                self.checks
+                    .push_back((idle_until.max(now + self.room_idle), name));
+            }
+        }
+        // A table never shrinks by itself: after a burst of rooms it would
+        // keep their slots. Give them back once it is mostly empty (a
+        // rehash of what is left; rare).
+        if self.owned.len() < before {
+            tracing::debug!(
+                shard = self.id,
+                freed = before - self.owned.len(),
+                left = self.owned.len(),
+                "idle rooms freed"
+            );
+        }
+        if self.owned.len() < before && self.owned.capacity() > 4 * self.owned.len() + SHRINK_SLACK
+        {
+            self.owned.shrink_to_fit();
+            self.checks.shrink_to_fit();
+        }
+    }
+
     /// Shard `from` gained or lost subscribers of `room` (owned here).
     pub fn interest(&mut self, room: &str, from: usize, change: Interest) {
         let owned = self.owned(room);
+        owned.last_active = Instant::now();
         match change {
             Interest::Add => owned.remote[from] = true,
             Interest::Remove => owned.remote[from] = false,
@@ -144,6 +220,7 @@ impl Rooms {
             return Seq::Unknown;
         };
         owned.next_seq = Some(seq + 1);
+        owned.last_active = Instant::now();
         let targets = (0..owned.remote.len())
             .filter(|&p| p != me && owned.remote[p])
             .collect();
@@ -292,10 +369,11 @@ mod tests {
         max_outbound_bytes: 1 << 20,
         max_pending_acks: 10,
     };
+    const IDLE: Duration = Duration::from_secs(60);
 
     #[test]
     fn an_owned_room_counts_from_one_without_a_store() {
-        let mut r = Rooms::new(0, 3, false, LIMITS);
+        let mut r = Rooms::new(0, 3, false, LIMITS, IDLE);
         assert_eq!(r.last_given("a"), Some(0));
         assert!(matches!(r.sequence("a"), Seq::Given(1, ref t) if t.is_empty()));
         assert!(matches!(r.sequence("a"), Seq::Given(2, _)));
@@ -306,7 +384,7 @@ mod tests {
 
     #[test]
     fn with_a_store_a_room_waits_for_its_last_stored_seq() {
-        let mut r = Rooms::new(0, 2, true, LIMITS);
+        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE);
         assert!(matches!(r.sequence("a"), Seq::Unknown));
         assert_eq!(r.last_given("a"), None);
         r.loaded("a", 41);
@@ -316,12 +394,74 @@ mod tests {
 
     #[test]
     fn messages_go_to_the_shards_that_subscribe() {
-        let mut r = Rooms::new(1, 4, false, LIMITS);
+        let mut r = Rooms::new(1, 4, false, LIMITS, IDLE);
         r.interest("a", 0, Interest::Add);
         r.interest("a", 3, Interest::Add);
         r.interest("a", 3, Interest::Sync);
         assert!(matches!(r.sequence("a"), Seq::Given(1, ref t) if t == &[0, 3]));
         r.interest("a", 0, Interest::Remove);
         assert!(matches!(r.sequence("a"), Seq::Given(2, ref t) if t == &[3]));
+    }
+
+    #[test]
+    fn idle_rooms_are_freed_and_subscribed_or_loading_ones_kept() {
+        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE);
+        let t0 = Instant::now();
+        for room in ["quiet", "talked", "watched", "loading"] {
+            r.interest(room, 1, Interest::Sync);
+        }
+        r.interest("watched", 1, Interest::Add);
+        r.loaded("talked", 41);
+        assert!(matches!(r.sequence("talked"), Seq::Given(42, _)));
+        // Not idle long enough yet: nothing goes.
+        r.evict_idle(t0 + IDLE / 2, 100, |_| false);
+        assert_eq!(r.owned_count(), 4);
+        let later = t0 + IDLE + Duration::from_secs(1);
+        r.evict_idle(later, 100, |room| room == "loading");
+        assert!(!r.owned.contains_key("quiet"));
+        assert!(
+            !r.owned.contains_key("talked"),
+            "a past message does not keep a room"
+        );
+        assert!(
+            r.owned.contains_key("watched"),
+            "a subscriber elsewhere keeps it"
+        );
+        assert!(r.owned.contains_key("loading"), "a pending load keeps it");
+        // A freed room comes back unknown: its seq is read from the store.
+        assert!(matches!(r.sequence("talked"), Seq::Unknown));
+        r.interest("watched", 1, Interest::Remove);
+        r.evict_idle(later + IDLE * 3, 100, |_| false);
+        assert_eq!(r.owned_count(), 0, "everything idle is freed in the end");
+        assert!(r.checks.is_empty(), "and no check is left behind");
+    }
+
+    #[test]
+    fn without_a_store_a_room_that_gave_out_seqs_is_kept() {
+        let mut r = Rooms::new(0, 2, false, LIMITS, IDLE);
+        r.interest("only-interest", 1, Interest::Sync);
+        assert!(matches!(r.sequence("talked"), Seq::Given(1, _)));
+        let later = Instant::now() + IDLE + IDLE;
+        r.evict_idle(later, 100, |_| false);
+        assert_eq!(
+            r.owned_count(),
+            1,
+            "seq 1 was given: freeing would give it again"
+        );
+        assert_eq!(r.last_given("talked"), Some(1));
+        assert!(r.checks.is_empty(), "a kept room is not looked at again");
+    }
+
+    #[test]
+    fn eviction_work_per_call_is_bounded() {
+        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE);
+        for i in 0..1000 {
+            r.interest(&format!("r{i}"), 1, Interest::Sync);
+        }
+        let later = Instant::now() + IDLE + IDLE;
+        r.evict_idle(later, 300, |_| false);
+        assert_eq!(r.owned_count(), 700);
+        r.evict_idle(later, 1000, |_| false);
+        assert_eq!(r.owned_count(), 0);
     }
 }

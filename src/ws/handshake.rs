@@ -2,6 +2,8 @@
 //! WebSocket upgrade (RFC 6455 §4.2) to the STOMP endpoint `/ws`, or a plain
 //! HTTP request answered once and closed.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use tungstenite::handshake::derive_accept_key;
 
 /// Largest HTTP request head we buffer (request line and headers). Browsers
@@ -103,6 +105,13 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> 
     else {
         return Err(HeadError::BadUpgrade("missing Sec-WebSocket-Key"));
     };
+    // RFC 6455 §4.2.1 item 4: a nonce of 16 bytes, base64-encoded (RFC 4648
+    // §4: the standard alphabet, with its padding).
+    if STANDARD.decode(key).map(|k| k.len()) != Ok(16) {
+        return Err(HeadError::BadUpgrade(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+    }
     let offered: Vec<&str> = req
         .headers
         .iter()
@@ -191,6 +200,39 @@ mod tests {
         assert!(matches!(parse_request(bad), Err(HeadError::BadUpgrade(_))));
         let huge = vec![b'a'; MAX_REQUEST_HEAD + 10];
         assert!(parse_request(&huge).is_err());
+    }
+
+    fn upgrade_with_key(key: &str) -> Result<Option<(Request, usize)>, HeadError> {
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        );
+        parse_request(head.as_bytes())
+    }
+
+    #[test]
+    fn key_must_be_16_bytes_in_base64() {
+        let bad = Err(HeadError::BadUpgrade(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+        for key in [
+            "abc",
+            "dGhlIHNhbXBsZSBub25jZQ",           // no padding
+            "AAECAwQFBgcICQoLDA0O",             // 15 bytes
+            "AAECAwQFBgcICQoLDA0ODxA=",         // 17 bytes
+            "!!!!!!!!!!!!!!!!!!!!!!==",         // not the alphabet
+            "dGhlIHNhbXBs ZSBub25jZQ==",        // a space inside
+            "dGhlIHNhbXBsZSBub25jZQ==dGhlIHNh", // more after the padding
+        ] {
+            assert_eq!(upgrade_with_key(key), bad, "{key:?}");
+        }
+        for key in [
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "/////////////////////w==",
+        ] {
+            let got = upgrade_with_key(key).unwrap().unwrap().0;
+            assert!(matches!(got, Request::Upgrade { .. }), "{key:?}");
+        }
     }
 
     #[test]
