@@ -191,6 +191,15 @@ settings! {
     /// two visitors from being reloaded, while a client cycling through
     /// millions of names leaves nothing behind after a minute.
     room_idle_s: u64 = 60, env "STAMPEDE_ROOM_IDLE_S", default_help "60";
+    /// Seqs a room's owner reserves in the store at a time (with
+    /// persistence). A seq once given is never given again, even to a
+    /// message that was delivered live but never stored (a crash, a full
+    /// disk): after a crash a room continues past its reservation, so its
+    /// seqs skip at most this many. More is reserved when half is used;
+    /// 65,536 (the writer queue's default length) lets the writer be a
+    /// full queue behind before a busy room has to wait. A clean stop gives
+    /// back what was not used.
+    seq_reserve: u64 = 65_536, env "STAMPEDE_SEQ_RESERVE", default_help "65536";
     /// Listen backlog per shard socket. glommio's own bind hard-codes 1024;
     /// a storm of thousands of simultaneous connects needs more (the kernel
     /// caps it at net.core.somaxconn).
@@ -294,6 +303,7 @@ impl Config {
             "max_outbound_bytes (>= max_frame_size)",
         )?;
         at_least(self.mesh_capacity, 2, "mesh_capacity")?;
+        at_least(self.seq_reserve as usize, 2, "seq_reserve")?;
         at_least(
             self.max_peer_bytes,
             2 * self.max_frame_size,

@@ -20,7 +20,7 @@ use super::msg::{External, Owed, ReplayReq, ShardHandle};
 use crate::conn::ConnToken;
 use crate::store::pool::{Busy, Pool, ReadJob};
 use crate::store::writer::Item;
-use crate::store::{Page, Range, last_seq, read_page};
+use crate::store::{Page, Range, after_last_k, load_room, read_page, release_seqs, reserve_seqs};
 
 /// What a shard hands the writer: a message with the confirmation owed
 /// for it, or a job to run once everything before it is committed.
@@ -46,6 +46,20 @@ struct StalledReplay {
     upto: u64,
 }
 
+/// Where a replay's first page starts.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Start {
+    /// After this seq (`x-since-seq`, and every later page).
+    After(u64),
+    /// At the newest `k` stored messages up to the replay's end
+    /// (`x-replay-last`; seqs may skip numbers, so the reader counts them).
+    LastK(u64),
+}
+
+/// Work that may wait for rooms being loaded or reserving seqs, in all
+/// rooms of a shard, before the shard stops reading its clients.
+const MAX_WAITING_WORK: usize = 65_536;
+
 /// Sizes of replay pages.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ReplayLimits {
@@ -66,8 +80,12 @@ pub(super) struct Durable {
     /// Items for the writer that did not fit its queue yet, in order. While
     /// any wait, this shard reads neither its connections nor its peers.
     overflow: RefCell<VecDeque<WriterItem>>,
-    /// Rooms whose last stored seq is being read, with the work that waits.
+    /// Rooms being loaded or reserving seqs, with the work that waits.
     loading: RefCell<HashMap<Box<str>, Vec<Work>>>,
+    /// Work items waiting in `loading`, in all rooms.
+    waiting: std::cell::Cell<usize>,
+    /// Seqs reserved at a time (`seq_reserve`).
+    block: u64,
     stalled: RefCell<Vec<StalledReplay>>,
 }
 
@@ -77,6 +95,7 @@ impl Durable {
         store: Option<StoreLink>,
         handles: Arc<[ShardHandle]>,
         limits: ReplayLimits,
+        block: u64,
     ) -> Durable {
         Durable {
             id,
@@ -85,6 +104,8 @@ impl Durable {
             limits,
             overflow: RefCell::default(),
             loading: RefCell::default(),
+            waiting: std::cell::Cell::new(0),
+            block,
             stalled: RefCell::default(),
         }
     }
@@ -156,9 +177,10 @@ impl Durable {
     }
 
     /// Whether items wait for room in the writer's queue (then this shard
-    /// reads neither its connections nor its peers' batches).
+    /// reads neither its connections nor its peers' batches), or too much
+    /// work waits for rooms being loaded.
     pub fn congested(&self) -> bool {
-        !self.overflow.borrow().is_empty()
+        !self.overflow.borrow().is_empty() || self.waiting.get() >= MAX_WAITING_WORK
     }
 
     /// Run `job` on the writer's thread once everything handed to it so
@@ -173,11 +195,13 @@ impl Durable {
 
     // ---- rooms whose last seq is not known yet --------------------------
 
-    /// Park `work` until its room's last stored seq is read. The read goes
-    /// through the writer's queue, so it sees every commit before it and
-    /// never runs on this shard.
+    /// Park `work` until its room is loaded: where its seqs continue is
+    /// read, and the next block reserved, by a writer job, so it sees every
+    /// commit before it and never runs on this shard. If the room is
+    /// already loading (or reserving), the work joins what waits.
     pub fn wait_for_room(&self, work: Work) {
         let room: Box<str> = work.room().into();
+        self.waiting.set(self.waiting.get() + 1);
         let mut loading = self.loading.borrow_mut();
         if let Some(waiting) = loading.get_mut(&room) {
             waiting.push(work);
@@ -186,27 +210,64 @@ impl Durable {
         loading.insert(room.clone(), vec![work]);
         drop(loading);
         let me = self.handles[self.id].clone();
+        let block = self.block;
         self.persist(Item::After(Box::new(move |conn| {
-            let result = last_seq(conn, &room);
+            let result = load_room(conn, &room, block);
             me.send(External::RoomLoaded { room, result });
         })));
     }
 
-    /// Whether `room`'s last seq is being read.
+    /// Reserve `room`'s seqs up to `upto` (more than half of its block is
+    /// used). Messages of the room that find the reservation used up wait
+    /// for it (`wait_for_room` joins them).
+    pub fn reserve(&self, room: &str, upto: u64) {
+        let mut loading = self.loading.borrow_mut();
+        if loading.contains_key(room) {
+            return;
+        }
+        let room: Box<str> = room.into();
+        loading.insert(room.clone(), Vec::new());
+        drop(loading);
+        let me = self.handles[self.id].clone();
+        self.persist(Item::After(Box::new(move |conn| {
+            let result = reserve_seqs(conn, &room, upto);
+            me.send(External::RoomLoaded { room, result });
+        })));
+    }
+
+    /// Give back reserved seqs beyond the last given, `(room, last given)`
+    /// (rooms freed, or a clean stop), once everything before is queued.
+    pub fn release(&self, rooms: Vec<(Box<str>, u64)>) {
+        if self.store.is_none() || rooms.is_empty() {
+            return;
+        }
+        self.persist(Item::After(Box::new(move |conn| {
+            if let Err(e) = release_seqs(conn, &rooms) {
+                // Harmless: those rooms' seqs skip the unused reservation.
+                error!("cannot give back reserved seqs: {e}");
+            }
+        })));
+    }
+
+    /// Whether `room` is being loaded or is reserving seqs.
     pub fn is_loading(&self, room: &str) -> bool {
         self.loading.borrow().contains_key(room)
     }
 
-    /// The work that waited for `room`'s last seq.
+    /// The work that waited for `room`.
     pub fn room_loaded(&self, room: &str) -> Vec<Work> {
-        self.loading.borrow_mut().remove(room).unwrap_or_default()
+        let works = self.loading.borrow_mut().remove(room).unwrap_or_default();
+        self.waiting
+            .set(self.waiting.get().saturating_sub(works.len()));
+        works
     }
 
     // ---- replay ------------------------------------------------------------
 
-    /// Owner side: replay `(after, upto]` of the room to the subscription
-    /// `req` names, read once everything up to `upto` is committed.
-    pub fn start_replay(&self, req: ReplayReq, after: u64, upto: u64) {
+    /// Owner side: replay the room from `start` up to `upto` to the
+    /// subscription `req` names, read once everything up to `upto` is
+    /// committed.
+    pub fn start_replay(&self, req: ReplayReq, start: Start, upto: u64) {
         let ReplayReq {
             room,
             shard,
@@ -216,7 +277,7 @@ impl Durable {
         } = req;
         let to = self.handles[shard].clone();
         let Some(store) = &self.store else { return };
-        if after >= upto {
+        if matches!(start, Start::After(after) if after >= upto) || upto == 0 {
             to.send(External::ReplayPage {
                 conn,
                 sub_n,
@@ -225,7 +286,7 @@ impl Durable {
             });
             return;
         }
-        let job = self.replay_job(room, conn, sub_n, (after, upto), to);
+        let job = self.replay_job(room, conn, sub_n, (start, upto), to);
         let pool = store.pool.clone();
         // A barrier: the read starts once all before it is committed.
         self.persist(Item::After(Box::new(move |_| pool.submit(job))));
@@ -240,13 +301,19 @@ impl Durable {
         room: Box<str>,
         token: ConnToken,
         sub_n: u32,
-        (after, upto): (u64, u64),
+        (start, upto): (Start, u64),
         to: ShardHandle,
     ) -> ReadJob {
         let limit = self.limits.page;
         let max_bytes = (self.limits.max_outbound_bytes / 4).max(1);
         Box::new(move |conn| {
-            let result = read_page(conn, &room, Range::After { after, upto }, limit, max_bytes);
+            let after = match start {
+                Start::After(after) => Ok(after),
+                Start::LastK(k) => after_last_k(conn, &room, upto, k),
+            };
+            let result = after.and_then(|after| {
+                read_page(conn, &room, Range::After { after, upto }, limit, max_bytes)
+            });
             to.send(External::ReplayPage {
                 conn: token,
                 sub_n,
@@ -284,7 +351,7 @@ impl Durable {
         };
         if ready {
             let to = self.handles[self.id].clone();
-            let job = self.replay_job(room, token, sub_n, (after, upto), to);
+            let job = self.replay_job(room, token, sub_n, (Start::After(after), upto), to);
             if store.pool.try_submit(job).is_ok() {
                 return;
             }
@@ -349,7 +416,7 @@ mod tests {
             page: 10,
             max_outbound_bytes: 1 << 20,
         };
-        (Durable::new(0, Some(link), handles, limits), rx)
+        (Durable::new(0, Some(link), handles, limits, 100), rx)
     }
 
     fn msg(seq: u64) -> WriterItem {

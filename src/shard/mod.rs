@@ -50,10 +50,10 @@ use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
 use crate::room::owner_of;
 use crate::session::{Broker, NewSub, SessionLimits, Subscribed};
 use crate::stomp::frame::Limits;
-use crate::store::{Page, StoreError};
+use crate::store::{Page, RoomSeqs, StoreError};
 use crate::ws::framing::CloseCode;
 use conns::{ConnRef, Conns};
-use durable::{Durable, ReplayLimits};
+use durable::{Durable, ReplayLimits, Start};
 pub(crate) use durable::{StoreLink, WriterItem};
 use lifecycle::Lifecycle;
 use msg::{External, Interest, Owed, Refusal, ReplayReq, ShardHandle, ShardMsg};
@@ -166,6 +166,7 @@ impl Shard {
                     max_pending_acks: cfg.max_pending_acks,
                 },
                 std::time::Duration::from_secs(cfg.room_idle_s),
+                cfg.seq_reserve,
             )),
             peers: Peers::new(mesh, cfg.max_peer_queue, cfg.max_peer_bytes),
             durable: Durable::new(
@@ -176,6 +177,7 @@ impl Shard {
                     page: cfg.replay_page,
                     max_outbound_bytes: cfg.max_outbound_bytes,
                 },
+                cfg.seq_reserve,
             ),
             life: Lifecycle::default(),
             work: RefCell::default(),
@@ -394,9 +396,30 @@ impl Shard {
     fn sequence(&self, draft: Draft, origin: Origin, confirm: Option<Confirm>) {
         let mut rooms = self.rooms.borrow_mut();
         let (seq, targets) = match rooms.sequence(&draft.room) {
-            Seq::Given(seq, targets) => (seq, targets),
+            Seq::Given(seq, targets, reserve) => {
+                if let Some(upto) = reserve {
+                    self.durable.reserve(&draft.room, upto);
+                }
+                (seq, targets)
+            }
+            Seq::Unknown | Seq::Exhausted(_) if !self.durable.persistent() => {
+                unreachable!("without a store every room starts at 1 with no limit")
+            }
             Seq::Unknown => {
                 drop(rooms);
+                self.durable.wait_for_room(Work::Publish {
+                    draft,
+                    origin,
+                    confirm,
+                });
+                return;
+            }
+            Seq::Exhausted(reserve) => {
+                drop(rooms);
+                if let Some(upto) = reserve {
+                    self.durable.reserve(&draft.room, upto);
+                }
+                // Joins what waits for the reservation.
                 self.durable.wait_for_room(Work::Publish {
                     draft,
                     origin,
@@ -440,19 +463,19 @@ impl Shard {
             self.durable.wait_for_room(Work::Replay(req));
             return;
         };
-        let after = match req.from {
-            ReplayFrom::Since(n) => n,
-            ReplayFrom::Last(k) => upto.saturating_sub(k),
+        let start = match req.from {
+            ReplayFrom::Since(n) => Start::After(n),
+            ReplayFrom::Last(k) => Start::LastK(k),
         };
-        self.durable.start_replay(req, after, upto);
+        self.durable.start_replay(req, start, upto);
     }
 
     /// A room's last stored seq was read (or could not be): run what waited.
-    fn room_loaded(&self, room: &str, result: Result<u64, StoreError>) {
+    fn room_loaded(&self, room: &str, result: Result<RoomSeqs, StoreError>) {
         let works = self.durable.room_loaded(room);
         match result {
-            Ok(last) => {
-                self.rooms.borrow_mut().loaded(room, last);
+            Ok(seqs) => {
+                self.rooms.borrow_mut().loaded(room, seqs);
                 for w in works {
                     self.run_one(w);
                 }
@@ -696,6 +719,9 @@ impl Shard {
     /// sequenced), report after the writer has committed all we gave it.
     fn check_quiesced(&self) {
         if let Some(flushed) = self.life.quiesced(self.nshards - 1) {
+            // Nothing more is sequenced: give back the seqs reserved
+            // beyond the last given, so the rooms continue without a gap.
+            self.durable.release(self.rooms.borrow().given());
             let id = self.id;
             self.durable.after_commits(move || {
                 let _ = flushed.send(id);

@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use super::mesh::Ringer;
 use crate::conn::ConnToken;
 use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
-use crate::store::{Page, StoreError};
+use crate::store::{Page, RoomSeqs, StoreError};
 
 /// A change in whether the sending shard has subscribers of a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,10 +156,11 @@ pub(crate) enum External {
         owed: Vec<(ConnToken, Confirm)>,
         error: Option<Arc<StoreError>>,
     },
-    /// The last stored seq of a room this shard owns (0: none stored).
+    /// Where a room this shard owns stands: after a load, where its seqs
+    /// continue; after an extension, how far they are now reserved.
     RoomLoaded {
         room: Box<str>,
-        result: Result<u64, StoreError>,
+        result: Result<RoomSeqs, StoreError>,
     },
     /// A page of a replay for subscription `sub_n` of `conn`, covering
     /// stored seqs up to `upto` (later ones reach it live).

@@ -23,7 +23,7 @@ use crate::index::{Added, RoomIndex};
 use crate::message::{AckMode, Encoded, Sequenced};
 use crate::session::Pend;
 use crate::stomp::frame::Version;
-use crate::store::Page;
+use crate::store::{Page, RoomSeqs};
 use crate::ws::framing::CloseCode;
 
 /// Slots an emptied room table may keep before it is shrunk.
@@ -62,6 +62,12 @@ struct OwnedRoom {
     /// Last message or interest change: the room is freed `room_idle`
     /// after this if nobody subscribes.
     last_active: Instant,
+    /// The highest seq that may be given without reserving more (in the
+    /// store: a seq is never given twice, even across a crash). `u64::MAX`
+    /// without a store.
+    reserved: u64,
+    /// More seqs are being reserved.
+    extending: bool,
 }
 
 /// Limits the fan-out enforces per connection.
@@ -76,10 +82,14 @@ pub(super) struct FanoutLimits {
 
 /// A message's place in its room, or why it has none yet.
 pub(super) enum Seq {
-    /// Sequenced: its seq, and the other shards with subscribers.
-    Given(u64, Vec<usize>),
-    /// The room's last stored seq is not known yet (read it first).
+    /// Sequenced: its seq, the other shards with subscribers, and, when
+    /// half the room's reserved seqs are used, how far to reserve now.
+    Given(u64, Vec<usize>, Option<u64>),
+    /// The room is not loaded yet (where its seqs continue is unknown).
     Unknown,
+    /// The room's reserved seqs are used up: wait for more, reserving
+    /// them up to this seq first if that is not under way yet.
+    Exhausted(Option<u64>),
 }
 
 /// How a replay page went for its subscriber.
@@ -104,6 +114,8 @@ pub(super) struct Rooms {
     checks: VecDeque<(Instant, Box<str>)>,
     /// How long an owned room may sit idle before it is freed.
     room_idle: Duration,
+    /// Seqs reserved at a time (`seq_reserve`).
+    block: u64,
 }
 
 impl Rooms {
@@ -113,8 +125,10 @@ impl Rooms {
         persistent: bool,
         limits: FanoutLimits,
         room_idle: Duration,
+        block: u64,
     ) -> Rooms {
         Rooms {
+            block: block.max(2),
             id,
             nshards,
             fresh_seq: (!persistent).then_some(1),
@@ -148,6 +162,12 @@ impl Rooms {
                 next_seq: self.fresh_seq,
                 remote: vec![false; self.nshards],
                 last_active: now,
+                reserved: if self.fresh_seq.is_some() {
+                    u64::MAX
+                } else {
+                    0
+                },
+                extending: false,
             };
             self.checks.push_back((now + self.room_idle, room.into()));
             return self.owned.entry(room.into()).or_insert(fresh);
@@ -159,8 +179,16 @@ impl Rooms {
     /// other shard, no message, and no room load pending (`loading`). At
     /// most `budget` rooms are looked at per call (the sweeper calls it
     /// every tick), so a million rooms never stall the shard.
-    pub fn evict_idle(&mut self, now: Instant, budget: usize, loading: impl Fn(&str) -> bool) {
+    /// Returns the freed rooms that had given seqs, with the last one
+    /// given, so their unused reservations can be given back.
+    pub fn evict_idle(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        loading: impl Fn(&str) -> bool,
+    ) -> Vec<(Box<str>, u64)> {
         let before = self.owned.len();
+        let mut freed = Vec::new();
         for _ in 0..budget {
             let Some((due, _)) = self.checks.front() else {
                 break;
@@ -177,7 +205,12 @@ impl Rooms {
             // Without a store a room that gave out seqs cannot be rebuilt.
             let unrecoverable = self.fresh_seq.is_some() && room.next_seq != self.fresh_seq;
             if idle_until <= now && !subscribed && !unrecoverable && !loading(&name) {
-                self.owned.remove(&name);
+                if let Some(room) = self.owned.remove(&name)
+                    && let Some(next) = room.next_seq
+                    && self.fresh_seq.is_none()
+                {
+                    freed.push((name, next - 1));
+                }
             } else if !unrecoverable {
                 self.checks
                     .push_back((idle_until.max(now + self.room_idle), name));
@@ -199,6 +232,20 @@ impl Rooms {
             self.owned.shrink_to_fit();
             self.checks.shrink_to_fit();
         }
+        freed
+    }
+
+    /// Every loaded room with its last given seq, except those reserving
+    /// more (for the clean stop's release of unused reservations).
+    pub fn given(&self) -> Vec<(Box<str>, u64)> {
+        if self.fresh_seq.is_some() {
+            return Vec::new();
+        }
+        self.owned
+            .iter()
+            .filter(|(_, r)| !r.extending)
+            .filter_map(|(name, r)| Some((name.clone(), r.next_seq? - 1)))
+            .collect()
     }
 
     /// Shard `from` gained or lost subscribers of `room` (owned here).
@@ -215,16 +262,28 @@ impl Rooms {
     /// Give the next message of `room` (owned here) its seq.
     pub fn sequence(&mut self, room: &str) -> Seq {
         let me = self.id;
+        let block = self.block;
         let owned = self.owned(room);
         let Some(seq) = owned.next_seq else {
             return Seq::Unknown;
         };
+        if seq > owned.reserved {
+            let reserve = (!owned.extending).then(|| owned.reserved.saturating_add(block));
+            owned.extending = true;
+            return Seq::Exhausted(reserve);
+        }
         owned.next_seq = Some(seq + 1);
         owned.last_active = Instant::now();
+        let reserve = if !owned.extending && owned.reserved - seq < block / 2 {
+            owned.extending = true;
+            Some(owned.reserved.saturating_add(block))
+        } else {
+            None
+        };
         let targets = (0..owned.remote.len())
             .filter(|&p| p != me && owned.remote[p])
             .collect();
-        Seq::Given(seq, targets)
+        Seq::Given(seq, targets, reserve)
     }
 
     /// The last seq given in `room` so far (`None`: not known yet).
@@ -232,9 +291,14 @@ impl Rooms {
         self.owned(room).next_seq.map(|n| n - 1)
     }
 
-    /// The last stored seq of `room` was read: its messages continue after it.
-    pub fn loaded(&mut self, room: &str, last: u64) {
-        self.owned(room).next_seq = Some(last + 1);
+    /// Where `room`'s seqs stand was read (and reserved) in the store.
+    pub fn loaded(&mut self, room: &str, seqs: RoomSeqs) {
+        let owned = self.owned(room);
+        if let Some(next) = seqs.next {
+            owned.next_seq = Some(next);
+        }
+        owned.reserved = owned.reserved.max(seqs.reserved);
+        owned.extending = false;
     }
 
     // ---- fan-out ----------------------------------------------------------
@@ -373,46 +437,58 @@ mod tests {
 
     #[test]
     fn an_owned_room_counts_from_one_without_a_store() {
-        let mut r = Rooms::new(0, 3, false, LIMITS, IDLE);
+        let mut r = Rooms::new(0, 3, false, LIMITS, IDLE, 100);
         assert_eq!(r.last_given("a"), Some(0));
-        assert!(matches!(r.sequence("a"), Seq::Given(1, ref t) if t.is_empty()));
-        assert!(matches!(r.sequence("a"), Seq::Given(2, _)));
-        assert!(matches!(r.sequence("b"), Seq::Given(1, _)));
+        assert!(matches!(r.sequence("a"), Seq::Given(1, ref t, None) if t.is_empty()));
+        assert!(matches!(r.sequence("a"), Seq::Given(2, _, _)));
+        assert!(matches!(r.sequence("b"), Seq::Given(1, _, _)));
         assert_eq!(r.last_given("a"), Some(2));
         assert_eq!(r.owned_count(), 2);
     }
 
     #[test]
     fn with_a_store_a_room_waits_for_its_last_stored_seq() {
-        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE);
+        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE, 100);
         assert!(matches!(r.sequence("a"), Seq::Unknown));
         assert_eq!(r.last_given("a"), None);
-        r.loaded("a", 41);
+        r.loaded(
+            "a",
+            RoomSeqs {
+                next: Some(42),
+                reserved: 141,
+            },
+        );
         assert_eq!(r.last_given("a"), Some(41));
-        assert!(matches!(r.sequence("a"), Seq::Given(42, _)));
+        assert!(matches!(r.sequence("a"), Seq::Given(42, _, None)));
     }
 
     #[test]
     fn messages_go_to_the_shards_that_subscribe() {
-        let mut r = Rooms::new(1, 4, false, LIMITS, IDLE);
+        let mut r = Rooms::new(1, 4, false, LIMITS, IDLE, 100);
         r.interest("a", 0, Interest::Add);
         r.interest("a", 3, Interest::Add);
         r.interest("a", 3, Interest::Sync);
-        assert!(matches!(r.sequence("a"), Seq::Given(1, ref t) if t == &[0, 3]));
+        assert!(matches!(r.sequence("a"), Seq::Given(1, ref t, _) if t == &[0, 3]));
         r.interest("a", 0, Interest::Remove);
-        assert!(matches!(r.sequence("a"), Seq::Given(2, ref t) if t == &[3]));
+        assert!(matches!(r.sequence("a"), Seq::Given(2, ref t, _) if t == &[3]));
     }
 
     #[test]
     fn idle_rooms_are_freed_and_subscribed_or_loading_ones_kept() {
-        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE);
+        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE, 100);
         let t0 = Instant::now();
         for room in ["quiet", "talked", "watched", "loading"] {
             r.interest(room, 1, Interest::Sync);
         }
         r.interest("watched", 1, Interest::Add);
-        r.loaded("talked", 41);
-        assert!(matches!(r.sequence("talked"), Seq::Given(42, _)));
+        r.loaded(
+            "talked",
+            RoomSeqs {
+                next: Some(42),
+                reserved: 141,
+            },
+        );
+        assert!(matches!(r.sequence("talked"), Seq::Given(42, _, _)));
         // Not idle long enough yet: nothing goes.
         r.evict_idle(t0 + IDLE / 2, 100, |_| false);
         assert_eq!(r.owned_count(), 4);
@@ -438,9 +514,9 @@ mod tests {
 
     #[test]
     fn without_a_store_a_room_that_gave_out_seqs_is_kept() {
-        let mut r = Rooms::new(0, 2, false, LIMITS, IDLE);
+        let mut r = Rooms::new(0, 2, false, LIMITS, IDLE, 100);
         r.interest("only-interest", 1, Interest::Sync);
-        assert!(matches!(r.sequence("talked"), Seq::Given(1, _)));
+        assert!(matches!(r.sequence("talked"), Seq::Given(1, _, None)));
         let later = Instant::now() + IDLE + IDLE;
         r.evict_idle(later, 100, |_| false);
         assert_eq!(
@@ -454,7 +530,7 @@ mod tests {
 
     #[test]
     fn eviction_work_per_call_is_bounded() {
-        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE);
+        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE, 100);
         for i in 0..1000 {
             r.interest(&format!("r{i}"), 1, Interest::Sync);
         }
@@ -463,5 +539,40 @@ mod tests {
         assert_eq!(r.owned_count(), 700);
         r.evict_idle(later, 1000, |_| false);
         assert_eq!(r.owned_count(), 0);
+    }
+
+    #[test]
+    fn seqs_come_from_a_reservation_that_is_extended_at_half() {
+        let mut r = Rooms::new(0, 2, true, LIMITS, IDLE, 10);
+        r.loaded(
+            "a",
+            RoomSeqs {
+                next: Some(101),
+                reserved: 110,
+            },
+        );
+        for seq in 101..=105 {
+            assert!(matches!(r.sequence("a"), Seq::Given(s, _, None) if s == seq));
+        }
+        // Fewer than half left: reserve the next block, once.
+        assert!(matches!(r.sequence("a"), Seq::Given(106, _, Some(120))));
+        for seq in 107..=110 {
+            assert!(matches!(r.sequence("a"), Seq::Given(s, _, None) if s == seq));
+        }
+        // Used up before the store answered: wait, without asking twice.
+        assert!(matches!(r.sequence("a"), Seq::Exhausted(None)));
+        assert_eq!(r.given(), vec![], "a room reserving more is not given back");
+        r.loaded(
+            "a",
+            RoomSeqs {
+                next: None,
+                reserved: 120,
+            },
+        );
+        assert!(matches!(r.sequence("a"), Seq::Given(111, _, None)));
+        assert_eq!(r.given(), vec![("a".into(), 111)]);
+        // Freed: its unused reservation is given back.
+        let freed = r.evict_idle(Instant::now() + IDLE * 2, 10, |_| false);
+        assert_eq!(freed, vec![("a".into(), 111)]);
     }
 }

@@ -48,10 +48,11 @@ pub(super) async fn sweep(shard: Rc<Shard>) {
             }
         });
         shard.durable.resume_replays(&shard.conns);
-        shard
+        let freed = shard
             .rooms
             .borrow_mut()
             .evict_idle(now, EVICT_PER_TICK, |room| shard.durable.is_loading(room));
+        shard.durable.release(freed);
         shard.conns.flush();
     }
 }

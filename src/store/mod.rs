@@ -118,6 +118,11 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE messages;
      ALTER TABLE messages_v2 RENAME TO messages;
      CREATE UNIQUE INDEX messages_room_seq ON messages (room, seq);",
+    // 3: the seqs a room's owner may give out without asking again
+    // (`reserve_seqs`): a seq once given is never given again, even to a
+    // message that was delivered live and never stored (a crash, a full
+    // disk), because a room continues after max(last_seq, reserved_seq).
+    "ALTER TABLE rooms ADD COLUMN reserved_seq INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// WAL pages between automatic checkpoints (4 KiB pages: ~40 MB).
@@ -168,6 +173,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// The last stored seq of `room` (0 if it has none).
+#[cfg(test)]
 pub(crate) fn last_seq(conn: &Connection, room: &str) -> Result<u64, StoreError> {
     let seq: Option<i64> = conn
         .query_row(
@@ -177,6 +183,77 @@ pub(crate) fn last_seq(conn: &Connection, room: &str) -> Result<u64, StoreError>
         )
         .optional()?;
     Ok(seq.unwrap_or(0) as u64)
+}
+
+/// Where a room's seqs stand after `load_room` or `reserve_seqs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoomSeqs {
+    /// The seq its next message gets (`None` after a mere extension).
+    pub next: Option<u64>,
+    /// The highest seq the owner may give without reserving more.
+    pub reserved: u64,
+}
+
+/// On the writer's connection: where `room` continues after a (re)start
+/// or after it was freed — after its last stored seq and after every seq
+/// reserved before (some may have been delivered live and never stored)
+/// — and reserve the next `block` seqs for it, durably, before any is
+/// given.
+pub(crate) fn load_room(conn: &Connection, room: &str, block: u64) -> Result<RoomSeqs, StoreError> {
+    let (last, reserved): (i64, i64) = conn
+        .query_row(
+            "SELECT last_seq, reserved_seq FROM rooms WHERE room = ?1",
+            params![room],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((0, 0));
+    let next = last.max(reserved) as u64 + 1;
+    let upto = next - 1 + block.max(1);
+    conn.execute(
+        "INSERT INTO rooms (room, last_seq, created_ms, reserved_seq) VALUES (?1, 0, ?3, ?2)
+         ON CONFLICT (room) DO UPDATE SET reserved_seq = max(reserved_seq, excluded.reserved_seq)",
+        params![room, upto as i64, crate::clock::now_ms() as i64],
+    )?;
+    Ok(RoomSeqs {
+        next: Some(next),
+        reserved: upto,
+    })
+}
+
+/// On the writer's connection: raise `room`'s reservation to `upto`.
+pub(crate) fn reserve_seqs(
+    conn: &Connection,
+    room: &str,
+    upto: u64,
+) -> Result<RoomSeqs, StoreError> {
+    conn.execute(
+        "UPDATE rooms SET reserved_seq = max(reserved_seq, ?2) WHERE room = ?1",
+        params![room, upto as i64],
+    )?;
+    Ok(RoomSeqs {
+        next: None,
+        reserved: upto,
+    })
+}
+
+/// On the writer's connection, after everything given so far is queued
+/// before it: give back the seqs reserved beyond the last one given
+/// (`(room, last given)` pairs), so a room freed or stopped cleanly
+/// continues without a gap. One transaction.
+pub(crate) fn release_seqs(
+    conn: &mut Connection,
+    rooms: &[(Box<str>, u64)],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached("UPDATE rooms SET reserved_seq = ?2 WHERE room = ?1")?;
+        for (room, given) in rooms {
+            stmt.execute(params![&**room, *given as i64])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// Open a reader connection (for the pool): read-only, WAL, never blocks
@@ -208,6 +285,30 @@ pub(crate) fn headers_from_json(json: &str) -> Vec<(Box<str>, Box<str>)> {
     serde_json::from_str::<Vec<(String, String)>>(json)
         .map(|v| v.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
         .unwrap_or_default()
+}
+
+/// The seq after which the newest `k` stored messages of `room` up to
+/// `upto` start (0 when it has fewer): seqs may skip numbers, so "the last
+/// k" is counted in stored messages, not in seq arithmetic.
+pub(crate) fn after_last_k(
+    conn: &Connection,
+    room: &str,
+    upto: u64,
+    k: u64,
+) -> Result<u64, StoreError> {
+    if k == 0 {
+        return Ok(upto);
+    }
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "SELECT seq FROM messages WHERE room = ?1 AND seq <= ?2 ORDER BY seq DESC LIMIT 1 OFFSET ?3",
+        )?
+        .query_row(
+            params![room, upto.min(i64::MAX as u64) as i64, (k - 1).min(i64::MAX as u64) as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(seq.map_or(0, |s| s as u64 - 1))
 }
 
 /// Which stored messages of a room to read.
@@ -387,6 +488,59 @@ mod tests {
             )
             .is_err()
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_room_continues_after_its_stored_and_its_reserved_seqs() {
+        let dir = tmp();
+        let mut c = open(&dir, Durability::Off).unwrap();
+        let first = load_room(&c, "r", 100).unwrap();
+        assert_eq!(
+            first,
+            RoomSeqs {
+                next: Some(1),
+                reserved: 100
+            }
+        );
+        // Seqs 1..=7 given, only 1..=3 stored, then a crash: the room
+        // continues after the reservation, never at 4.
+        c.execute(
+            "INSERT INTO rooms (room, last_seq, created_ms) VALUES ('r', 3, 0)
+             ON CONFLICT (room) DO UPDATE SET last_seq = 3",
+            [],
+        )
+        .unwrap();
+        assert_eq!(load_room(&c, "r", 100).unwrap().next, Some(101));
+        assert_eq!(reserve_seqs(&c, "r", 300).unwrap().reserved, 300);
+        // A clean stop gives back what was not given.
+        release_seqs(&mut c, &[("r".into(), 120)]).unwrap();
+        assert_eq!(
+            load_room(&c, "r", 10).unwrap(),
+            RoomSeqs {
+                next: Some(121),
+                reserved: 130
+            }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_last_k_are_counted_in_stored_messages() {
+        let dir = tmp();
+        let c = open(&dir, Durability::Off).unwrap();
+        for seq in [1, 2, 5, 9, 10] {
+            c.execute(
+                "INSERT INTO messages (room, seq, message_id, sender, ts_ms, headers, body) VALUES ('r', ?1, '', '', 0, '[]', x'')",
+                [seq],
+            )
+            .unwrap();
+        }
+        assert_eq!(after_last_k(&c, "r", 10, 2).unwrap(), 8, "9 and 10");
+        assert_eq!(after_last_k(&c, "r", 10, 3).unwrap(), 4, "5, 9 and 10");
+        assert_eq!(after_last_k(&c, "r", 8, 2).unwrap(), 1, "2 and 5");
+        assert_eq!(after_last_k(&c, "r", 10, 50).unwrap(), 0, "fewer than k");
+        assert_eq!(after_last_k(&c, "r", 10, 0).unwrap(), 10);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
