@@ -40,6 +40,7 @@ LAYERS = [
     (5, ["conn"]),                                    # a connection
     (6, ["shard"]),                                   # one pinned executor
     (7, ["server"]),                                  # start-up
+    (8, ["fuzzing"]),                                 # fuzz entry points only
 ]
 
 # Same-layer edges that are allowed: module -> modules of its own layer it may

@@ -36,6 +36,8 @@ mod api;
 mod clock;
 pub mod config;
 mod conn;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod index;
 pub mod message;

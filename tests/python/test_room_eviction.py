@@ -58,8 +58,12 @@ def test_rooms_churned_through_are_freed_after_the_idle_time(server_factory):
     # Half the rooms are owned by the other shard: each leaves an entry
     # there until it is freed. Enough to measure: tens of MB.
     assert first > 8 * 1024, f"the churn grew RSS by only {first} KiB; nothing to measure"
-    last = max(peaks) - base
-    assert last < first * 1.5, \
+    # Without freeing, every round adds its rooms for good (measured: +29,
+    # +21, +40 MB). With it, a later round reuses what the earlier ones
+    # freed: the third adds less than half of what the first did (under
+    # load some rooms of a round are freed while it still runs, so the
+    # rounds' own sizes vary; what they add to each other does not).
+    assert peaks[2] - peaks[1] < first / 2, \
         f"RSS above {base} KiB after each round: {[p - base for p in peaks]} KiB"
     # The server is fine afterwards: a room that was freed works again.
     sub = srv.connected("tcp")
