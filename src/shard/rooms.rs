@@ -150,7 +150,12 @@ impl Rooms {
     /// Remove local subscriber `key` of `room`; whether it was the room's
     /// last one here.
     pub fn remove_local(&mut self, room: &str, key: usize) -> bool {
-        self.local.remove(room, key).is_some_and(|(_, last)| last)
+        let last = self.local.remove(room, key).is_some_and(|(_, last)| last);
+        if last && let Some(owned) = self.owned.get_mut(room) {
+            // Idle from now on, not from its last message.
+            owned.last_active = Instant::now();
+        }
+        last
     }
 
     // ---- owned rooms -------------------------------------------------------
@@ -311,7 +316,7 @@ impl Rooms {
         let now = Instant::now();
         for sub in self.local.subscribers_mut(&msg.draft.room) {
             let mut c = sub.conn.borrow_mut();
-            if c.out().is_closing() || !c.is_open() {
+            if !c.takes_output() {
                 continue;
             }
             if let Some(hold) = &mut sub.replay {
