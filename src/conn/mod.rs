@@ -137,6 +137,11 @@ impl Conn {
         self.sock.is_some()
     }
 
+    /// Whether output may still be queued: open and not closing.
+    pub fn takes_output(&self) -> bool {
+        self.is_open() && !self.out.is_closing()
+    }
+
     pub fn out(&self) -> &Out {
         &self.out
     }

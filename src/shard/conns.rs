@@ -184,11 +184,7 @@ mod tests {
 
     #[test]
     fn tokens_name_one_connection_and_a_removed_one_is_closed() {
-        let ex = glommio::LocalExecutorBuilder::default()
-            .io_memory(512 * 1024)
-            .make()
-            .unwrap();
-        ex.run(async {
+        super::super::on_test_executor(async {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let conns = Conns::default();
             let (sock, mut peer_a) = pair(&listener).await;
@@ -227,11 +223,7 @@ mod tests {
 
     #[test]
     fn paused_connections_resume_together() {
-        let ex = glommio::LocalExecutorBuilder::default()
-            .io_memory(512 * 1024)
-            .make()
-            .unwrap();
-        ex.run(async {
+        super::super::on_test_executor(async {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let conns = Conns::default();
             let (s1, _p1) = pair(&listener).await;

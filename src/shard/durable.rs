@@ -338,7 +338,7 @@ impl Durable {
         let Some(store) = &self.store else { return };
         let (room, ready) = {
             let c = conn.borrow();
-            if c.out().is_closing() || !c.is_open() {
+            if !c.takes_output() {
                 return;
             }
             let Some((room, _)) = c.session().subscription(sub_n) else {

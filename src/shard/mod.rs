@@ -47,8 +47,9 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::conn::{ConnToken, Phase, Sock};
 use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
+use crate::out::Out;
 use crate::room::owner_of;
-use crate::session::{Broker, NewSub, SessionLimits, Subscribed};
+use crate::session::{Broker, NewSub, Session, SessionLimits, Subscribed};
 use crate::stomp::frame::Limits;
 use crate::store::{Page, RoomSeqs, StoreError};
 use crate::ws::framing::CloseCode;
@@ -516,7 +517,7 @@ impl Shard {
             return;
         };
         let mut c = conn.borrow_mut();
-        if c.out().is_closing() || !c.is_open() {
+        if !c.takes_output() {
             return;
         }
         let Some((room, key)) = c.session().subscription(sub_n) else {
@@ -553,32 +554,27 @@ impl Shard {
 
     /// A RECEIPT owed to local connection `token`.
     fn write_receipt(&self, token: ConnToken, receipt: &str) {
-        let Some(conn) = self.conns.get(token) else {
-            return;
-        };
-        {
-            let mut c = conn.borrow_mut();
-            if c.out().is_closing() || !c.is_open() {
-                return;
-            }
-            let (session, out) = c.session_out();
-            session.deferred_receipt(out, receipt);
-        }
-        self.conns.mark_dirty(&conn);
+        self.answer(token, |session, out| session.deferred_receipt(out, receipt));
     }
 
     /// One SEND of a transaction is stored; answer the COMMIT after the last.
     fn group_done(&self, token: ConnToken, group: u32) {
+        self.answer(token, |session, out| session.group_part_done(group, out));
+    }
+
+    /// Let local connection `token`'s session write an answer, if the
+    /// connection still takes output, and have it flushed.
+    fn answer(&self, token: ConnToken, f: impl FnOnce(&mut Session, &mut Out)) {
         let Some(conn) = self.conns.get(token) else {
             return;
         };
         {
             let mut c = conn.borrow_mut();
-            if c.out().is_closing() || !c.is_open() {
+            if !c.takes_output() {
                 return;
             }
             let (session, out) = c.session_out();
-            session.group_part_done(group, out);
+            f(session, out);
         }
         self.conns.mark_dirty(&conn);
     }
@@ -774,6 +770,17 @@ impl Shard {
             self.maybe_resume();
         }
     }
+}
+
+/// Run `fut` to completion on a small glommio executor (unit tests of the
+/// parts that need a real socket).
+#[cfg(test)]
+fn on_test_executor<F: std::future::Future<Output = ()>>(fut: F) {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(512 * 1024)
+        .make()
+        .unwrap()
+        .run(fut);
 }
 
 /// The session's broker for one connection of this shard.

@@ -144,11 +144,7 @@ mod tests {
 
     #[test]
     fn a_silent_connection_is_refused_after_the_connect_timeout() {
-        let ex = glommio::LocalExecutorBuilder::default()
-            .io_memory(512 * 1024)
-            .make()
-            .unwrap();
-        ex.run(async {
+        super::super::on_test_executor(async {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let ours = glommio::net::TcpStream::connect(listener.local_addr().unwrap())
                 .await
