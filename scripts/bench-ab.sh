@@ -68,6 +68,11 @@ abspath() {
 BIN_A="$(abspath "${POS[0]}")"
 BIN_B="$(abspath "${POS[1]}")"
 if [ -n "${STAMPEDE_BENCH_BIN:-}" ]; then BENCH="$(abspath "$STAMPEDE_BENCH_BIN")"; else BENCH="$ROOT/target/release/stampede-bench"; fi
+# Capacity runs: no per-connection publish rate. The generator's few
+# publishers stand for many users each; the default --max-publish-rate
+# (1,000/s per connection) would measure the limit, not the server. An env
+# var rather than a flag, so binaries from before the setting run too.
+export STAMPEDE_MAX_PUBLISH_RATE=0
 DATE="$(date +%F)"
 if [ -n "$OUT" ]; then OUT="$(abspath "$OUT")"; else OUT="$ROOT/bench/results/$DATE-ab"; fi
 for b in "$BIN_A" "$BIN_B" "$BENCH"; do

@@ -72,6 +72,11 @@ if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
 fi
 say "building stampede and stampede-bench"
 cargo build --release --workspace -q
+# Capacity runs: no per-connection publish rate. The generator's few
+# publishers stand for many users each; the default --max-publish-rate
+# (1,000/s per connection) would measure the limit, not the server. An env
+# var rather than a flag, so binaries from before the setting run too.
+export STAMPEDE_MAX_PUBLISH_RATE=0
 BENCH="$ROOT/target/release/stampede-bench"
 STAMPEDE="$ROOT/target/release/stampede"
 CORES="$(nproc)"

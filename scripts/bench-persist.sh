@@ -27,6 +27,11 @@ while [ $# -gt 0 ]; do
 done
 
 cargo build --release --workspace -q
+# Capacity runs: no per-connection publish rate. The generator's few
+# publishers stand for many users each; the default --max-publish-rate
+# (1,000/s per connection) would measure the limit, not the server. An env
+# var rather than a flag, so binaries from before the setting run too.
+export STAMPEDE_MAX_PUBLISH_RATE=0
 STAMPEDE=target/release/stampede
 BENCH=target/release/stampede-bench
 OUT="bench/results/$DATE-persist"

@@ -159,6 +159,19 @@ settings! {
     /// an ERROR and is closed, so it never slows the room or grows memory.
     /// 1 MiB is 16 maximum-size frames or ~5,000 typical chat messages.
     max_outbound_bytes: usize = 1024 * 1024, env "STAMPEDE_MAX_OUTBOUND_BYTES", default_help "1048576";
+    /// Messages per second one connection may publish on average (SENDs,
+    /// and the SENDs of each COMMIT); 0 = unlimited. A connection over it is
+    /// not read until it is back under (its own TCP window fills, nothing is
+    /// lost or refused), so one flooding client cannot take the shard's
+    /// mesh, the writer or the CPU from everyone else. 1,000/s is far above
+    /// any person typing and above most bots; raise it (or 0) for a backend
+    /// that publishes for many users over one connection. Benchmarks that
+    /// measure capacity run with 0.
+    max_publish_rate: u32 = 1000, env "STAMPEDE_MAX_PUBLISH_RATE", default_help "1000";
+    /// Messages one connection may publish at once before `max_publish_rate`
+    /// applies (the token bucket's size): a client sending its backlog on
+    /// reconnect is not slowed. Bounded below by 1.
+    publish_burst: u32 = 1000, env "STAMPEDE_PUBLISH_BURST", default_help "1000";
     /// How often the server can send heart-beats (ms), offered in CONNECTED.
     /// 10 s matches stompjs's default. 0 disables server heart-beats.
     heartbeat_send_ms: u64 = 10_000, env "STAMPEDE_HEARTBEAT_SEND_MS", default_help "10000";

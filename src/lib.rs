@@ -10,6 +10,7 @@
 //!    - `stomp`  — the STOMP frame codec (parse client frames, encode server frames).
 //!    - `ws`     — the HTTP upgrade request and WebSocket framing (tungstenite's sans-IO parts).
 //!    - `http`   — every HTTP answer the server writes.
+//!    - `rate`   — the per-connection publish rate limit (GCRA).
 //! 2. Message types:
 //!    - `message` — `Draft` → `Sequenced` → `Encoded`; `Confirm`, `ReplayFrom`, `AckMode`.
 //!    - `room`    — room names, the room hash and `owner_of`.
@@ -42,6 +43,7 @@ mod http;
 mod index;
 pub mod message;
 pub mod out;
+mod rate;
 mod room;
 pub mod server;
 mod session;

@@ -84,7 +84,10 @@ pub(super) fn poll(c: &mut Conn, cx: &mut Context<'_>) -> Poll<Ev> {
             Poll::Pending
         });
     }
-    if c.paused || (c.out.is_write_blocked() && c.out.pending_len() >= READ_PAUSE_OUTBOUND) {
+    if c.paused
+        || c.throttled
+        || (c.out.is_write_blocked() && c.out.pending_len() >= READ_PAUSE_OUTBOUND)
+    {
         return Poll::Pending;
     }
     SCRATCH.with(|s| {

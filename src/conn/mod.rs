@@ -15,12 +15,13 @@ mod io;
 mod sock;
 
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub(crate) use io::{READ_PAUSE_OUTBOUND, with_scratch};
 pub(crate) use sock::Sock;
 
 use crate::out::Out;
+use crate::rate::{Gcra, RateLimit};
 use crate::session::Session;
 use crate::ws::framing::WsReader;
 
@@ -93,6 +94,11 @@ pub(crate) struct Conn {
     /// Reading is suspended (a queue towards another shard or the writer
     /// is full, or the shard is shutting down).
     paused: bool,
+    /// Its publishing against `--max-publish-rate`: while over, it is not
+    /// read.
+    publish: Gcra,
+    /// Over its publish rate: not read until its task's timer ends it.
+    throttled: bool,
     /// Wakes the connection's task (to write, close or resume reading).
     waker: Option<Waker>,
     /// When the connection was accepted (for the connect timeout).
@@ -118,6 +124,8 @@ impl Conn {
             session: Session::default(),
             out,
             paused: false,
+            publish: Gcra::default(),
+            throttled: false,
             waker: None,
             created: now,
             last_read: now,
@@ -174,6 +182,33 @@ impl Conn {
         self.paused = false;
         self.last_read = now;
         self.wake();
+    }
+
+    /// Count `n` messages it published at `now`; if that puts it over its
+    /// rate, stop reading it and say for how long (the caller reads it
+    /// again with `unthrottle` after that).
+    pub fn charge_publishes(
+        &mut self,
+        limit: &RateLimit,
+        n: u32,
+        now: Instant,
+    ) -> Option<Duration> {
+        self.publish.charge(limit, n, now);
+        let wait = self.publish.wait(limit, now);
+        self.throttled = wait.is_some();
+        wait
+    }
+
+    /// Over its publish rate: not read until `unthrottle`.
+    pub fn is_throttled(&self) -> bool {
+        self.throttled
+    }
+
+    /// Read again after a publish-rate wait; the wait was ours, so the
+    /// client's silence meanwhile does not count.
+    pub fn unthrottle(&mut self, now: Instant) {
+        self.throttled = false;
+        self.last_read = now;
     }
 
     pub fn created(&self) -> Instant {

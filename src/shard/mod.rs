@@ -35,7 +35,7 @@ mod rooms;
 mod sweep;
 mod task;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -48,6 +48,7 @@ use crate::config::Config;
 use crate::conn::{ConnToken, Phase, Sock};
 use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
 use crate::out::Out;
+use crate::rate::RateLimit;
 use crate::room::owner_of;
 use crate::session::{Broker, NewSub, Session, SessionLimits, Subscribed};
 use crate::stomp::frame::Limits;
@@ -123,6 +124,8 @@ pub(crate) struct Shard {
     cfg: Config,
     frame_limits: Limits,
     session_limits: SessionLimits,
+    /// `--max-publish-rate` / `--publish-burst`, per connection.
+    publish_limit: RateLimit,
     conns: Conns,
     rooms: RefCell<Rooms>,
     peers: Peers,
@@ -157,6 +160,7 @@ impl Shard {
                 max_header_length: cfg.max_header_length,
             },
             session_limits: SessionLimits::from_config(&cfg),
+            publish_limit: RateLimit::new(cfg.max_publish_rate, cfg.publish_burst),
             conns: Conns::default(),
             rooms: RefCell::new(Rooms::new(
                 id,
@@ -229,11 +233,7 @@ impl Shard {
     /// close its socket (so no later flush can touch it).
     fn drop_conn(&self, conn: &ConnRef) {
         let token = conn.borrow().token();
-        let broker = ConnBroker {
-            shard: self,
-            me: conn,
-            token,
-        };
+        let broker = ConnBroker::new(self, conn, token);
         conn.borrow_mut().end_session(&broker);
         self.conns.remove(conn);
     }
@@ -790,6 +790,24 @@ struct ConnBroker<'a> {
     /// broker only clones the handle, never borrows it).
     me: &'a ConnRef,
     token: ConnToken,
+    /// Messages it published (charged to the connection's publish rate).
+    published: Cell<u32>,
+    /// Whether it queued work for a peer shard or the store: publishes,
+    /// subscription changes (interest, replay reads). A read that queued
+    /// none needs no pause when those queues are full.
+    queued: Cell<bool>,
+}
+
+impl<'a> ConnBroker<'a> {
+    fn new(shard: &'a Shard, me: &'a ConnRef, token: ConnToken) -> ConnBroker<'a> {
+        ConnBroker {
+            shard,
+            me,
+            token,
+            published: Cell::new(0),
+            queued: Cell::new(false),
+        }
+    }
 }
 
 impl Broker for ConnBroker<'_> {
@@ -806,14 +824,18 @@ impl Broker for ConnBroker<'_> {
     }
 
     fn publish(&self, draft: Draft, confirm: Option<Confirm>) {
+        self.published.set(self.published.get().saturating_add(1));
+        self.queued.set(true);
         self.shard.publish(draft, self.token, confirm);
     }
 
     fn subscribe(&self, sub: NewSub<'_>) -> Subscribed {
+        self.queued.set(true);
         self.shard.subscribe(self.me, self.token, sub)
     }
 
     fn unsubscribe(&self, room: &str, key: usize) {
+        self.queued.set(true);
         self.shard.unsubscribe(room, key);
     }
 }

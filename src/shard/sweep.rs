@@ -93,8 +93,9 @@ fn check(c: &mut Conn, now: Instant, tick: Duration, connect_timeout: Duration) 
         return true;
     }
     let (hb_send_ms, hb_recv_ms) = c.session().heartbeats();
-    // A paused connection is not read: its silence is ours.
+    // A paused or throttled connection is not read: its silence is ours.
     if !c.is_paused()
+        && !c.is_throttled()
         && hb_recv_ms > 0
         && now.duration_since(c.last_read()) >= Duration::from_millis(2 * hb_recv_ms)
     {

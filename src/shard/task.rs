@@ -1,11 +1,17 @@
 //! The task of one connection: wait for its socket, hand what it reads to
 //! the connection's protocol layers, act on what they hand back (HTTP
 //! requests, WebSocket upgrades that move the connection to another
-//! shard), pause it while the shard's queues are full, and forget it when
+//! shard), pause it while it publishes over its rate or into the shard's full
+//! queues, and forget it when
 //! it ends.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Context;
+use std::time::{Duration, Instant};
+
+use glommio::timer::Timer;
 
 use tracing::debug;
 
@@ -13,7 +19,7 @@ use super::conns::ConnRef;
 use super::msg::{External, ShardMsg};
 use super::{ConnBroker, Shard};
 use crate::api::{self, Answer};
-use crate::conn::{Ev, Outcome, READ_PAUSE_OUTBOUND, with_scratch};
+use crate::conn::{Conn, Ev, Outcome, READ_PAUSE_OUTBOUND, with_scratch};
 use crate::room::{owner_of, valid_room};
 
 /// What the task does after a read.
@@ -24,19 +30,42 @@ enum Next {
     Moved,
 }
 
+/// What a read did, as far as the task is concerned.
+struct AfterRead {
+    next: Next,
+    /// It queued work for a peer shard or the store (see `congested`).
+    queued: bool,
+    /// It took the connection over its publish rate: read it again after
+    /// this long.
+    throttle: Option<Duration>,
+}
+
 /// Runs on the connection's shard until the connection closes.
 pub(super) async fn run(shard: Rc<Shard>, conn: ConnRef, mut inbound: Vec<u8>) {
+    // The end of a publish-rate wait; polled beside the socket, so the
+    // connection still writes and closes while it is not read.
+    let mut throttle: Option<Timer> = None;
     if !inbound.is_empty() {
-        let next = shard.read(&conn, &mut inbound);
+        let after = shard.read(&conn, &mut inbound);
         debug_assert!(
-            matches!(next, Next::Read),
+            matches!(after.next, Next::Read),
             "an adopted connection is past its upgrade"
         );
+        throttle = after.throttle.map(Timer::new);
         shard.conns.mark_dirty(&conn);
         shard.after_io();
     }
-    while let Ev::Read(n) = poll_fn(|cx| conn.borrow_mut().poll_io(cx)).await {
-        let next = with_scratch(n, |data| shard.read(&conn, data));
+    let next_event = |throttle: &mut Option<Timer>, cx: &mut Context<'_>| {
+        if let Some(t) = throttle
+            && Pin::new(t).poll(cx).is_ready()
+        {
+            *throttle = None;
+            conn.borrow_mut().unthrottle(Instant::now());
+        }
+        conn.borrow_mut().poll_io(cx)
+    };
+    while let Ev::Read(n) = poll_fn(|cx| next_event(&mut throttle, cx)).await {
+        let after = with_scratch(n, |data| shard.read(&conn, data));
         if conn.borrow().out().pending_len() > 0 {
             shard.conns.mark_dirty(&conn);
         }
@@ -48,10 +77,13 @@ pub(super) async fn run(shard: Rc<Shard>, conn: ConnRef, mut inbound: Vec<u8>) {
         if conn.borrow().out().pending_len() >= READ_PAUSE_OUTBOUND {
             shard.conns.flush();
         }
-        if let Next::Moved = next {
+        if let Next::Moved = after.next {
             break;
         }
-        if shard.congested() {
+        throttle = after.throttle.map(Timer::new);
+        // Only a connection that adds to a full queue waits for it: one
+        // that merely acknowledges, heart-beats or disconnects goes on.
+        if after.queued && shard.congested() {
             shard.conns.pause(&conn);
         }
     }
@@ -62,15 +94,24 @@ pub(super) async fn run(shard: Rc<Shard>, conn: ConnRef, mut inbound: Vec<u8>) {
 
 impl Shard {
     /// Feed bytes read for `conn` to it and act on what it hands back.
-    fn read(&self, conn: &ConnRef, data: &mut [u8]) -> Next {
+    fn read(&self, conn: &ConnRef, data: &mut [u8]) -> AfterRead {
         let mut c = conn.borrow_mut();
         let token = c.token();
-        let broker = ConnBroker {
-            shard: self,
-            me: conn,
-            token,
-        };
-        match c.on_bytes(data, &broker, &self.frame_limits) {
+        let broker = ConnBroker::new(self, conn, token);
+        let next = self.act(&mut c, &broker, data);
+        let throttle =
+            c.charge_publishes(&self.publish_limit, broker.published.get(), Instant::now());
+        AfterRead {
+            next,
+            queued: broker.queued.get(),
+            throttle,
+        }
+    }
+
+    /// Hand `data` to the connection's layers and do what they ask.
+    fn act(&self, c: &mut Conn, broker: &ConnBroker<'_>, data: &mut [u8]) -> Next {
+        let token = broker.token;
+        match c.on_bytes(data, broker, &self.frame_limits) {
             None => Next::Read,
             Some(Outcome::Request {
                 method,
@@ -103,7 +144,7 @@ impl Shard {
                     .map(|r| owner_of(r, self.nshards))
                     .filter(|&o| o != self.id);
                 let Some(owner) = owner else {
-                    c.upgrade(&answer, rest, &broker, &self.frame_limits);
+                    c.upgrade(&answer, rest, broker, &self.frame_limits);
                     return Next::Read;
                 };
                 // Move the upgraded connection to its room's owner: a dup

@@ -45,8 +45,10 @@ def flood(sock: socket.socket, frames: bytes, until: float, sent: list):
 def test_a_publisher_on_a_non_owner_shard_is_paused_when_the_owner_cannot_keep_up(server_factory):
     # One message per commit with an fsync each: the writer is far slower
     # than the flood, so the owner is backed up for the whole run.
+    # No publish rate limit: the flood must meet the mesh's back-pressure,
+    # not the per-connection rate that would otherwise slow it first.
     srv = server_factory("--shards", str(SHARDS), "--persist-batch", "1", "--durability", "full",
-                         "--persist-queue", "1024")
+                         "--persist-queue", "1024", "--max-publish-rate", "0")
     by_shard = srv.on_distinct_shards(SHARDS)
     assert len(by_shard) == SHARDS, "connections did not spread over both shards"
     pub = by_shard[0]
