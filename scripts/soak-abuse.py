@@ -251,6 +251,13 @@ def _abuser_main(fn, name, idx, cfg, stop, results):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     try:
         os.nice(cfg["nice"])
+        if cfg.get("sched_idle"):
+            # Run only on CPU the server and the generator leave idle: the
+            # soak measures how the *server* isolates its well-behaved
+            # clients, not how the kernel shares two vCPUs between the
+            # generator and a dozen busy python processes (the counters
+            # below show how much abuse they still produced).
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except OSError:
         pass
     random.seed(os.getpid())
@@ -493,55 +500,76 @@ def abuse_flood(idx, cfg, running, stats):
 
 
 def abuse_churn(idx, cfg, running, stats):
-    """SUBSCRIBE + UNSUBSCRIBE over fresh room names, in pipelined batches;
-    each batch ends with a receipt the process waits for (so it cannot run
-    away from the server). Paced to cfg['churn_names_per_proc'] over the run."""
+    """SUBSCRIBE + UNSUBSCRIBE over fresh room names, in pipelined batches,
+    over cfg['churn_conns_per_proc'] connections at once (one thread each):
+    the server holds each connection to --max-subscribe-rate (100/s by
+    default), so an attacker after millions of names needs many
+    connections, and so do we. Each batch ends with a receipt the thread
+    waits for (so it cannot run away from the server). Paced to
+    cfg['churn_names_per_proc'] over the run."""
     src = f"127.0.14.{idx + 1}"
-    total = cfg["churn_names_per_proc"]
+    n_conn = cfg["churn_conns_per_proc"]
+    per_conn = cfg["churn_names_per_proc"] // n_conn
     t0, span = time.time(), cfg["span"]
-    batch_n = cfg.get("churn_batch", 1000)
-    done, batch_no = 0, 0
-    s = None
-    while running() and done < total:
-        try:
-            if s is None:
-                ws = random.random() < 0.3
-                s = dial(cfg["http_port"] if ws else cfg["stomp_port"], src, timeout=10)
-                if ws:
-                    ws_upgrade(s)
-                stomp_session(s, ws)
-                bump(stats, "connections")
-            parts = []
-            for i in range(batch_n):
-                n = done + i
-                parts.append(b"SUBSCRIBE\nid:%d\ndestination:/topic/churn-%d-%d\n\n\x00UNSUBSCRIBE\nid:%d\n\n\x00"
-                             % (n, idx, n, n))
-            batch_no += 1
-            parts[-1] = parts[-1][:-3] + b"\nreceipt:b%d\n\n\x00" % batch_no  # the batch's last UNSUBSCRIBE
-            data = b"".join(parts)
-            s.sendall(ws_frame(data, 0x2) if ws else data)
-            got = read_until(s, b"receipt-id:b%d" % batch_no, timeout=15)
-            if not got:
-                bump(stats, "no_receipt_reconnect")
-                s.close()
+    batch_n = cfg.get("churn_batch", 50)
+    lock = threading.Lock()
+    names = [0]
+
+    def one(k):
+        done, batch_no = 0, 0
+        s = None
+        while running() and done < per_conn:
+            try:
+                if s is None:
+                    ws = random.random() < 0.3
+                    s = dial(cfg["http_port"] if ws else cfg["stomp_port"], src, timeout=10)
+                    if ws:
+                        ws_upgrade(s)
+                    stomp_session(s, ws)
+                    with lock:
+                        bump(stats, "connections")
+                parts = []
+                for i in range(batch_n):
+                    n = done + i
+                    parts.append(b"SUBSCRIBE\nid:%d\ndestination:/topic/churn-%d-%d-%d\n\n\x00UNSUBSCRIBE\nid:%d\n\n\x00"
+                                 % (n, idx, k, n, n))
+                batch_no += 1
+                parts[-1] = parts[-1][:-3] + b"\nreceipt:b%d\n\n\x00" % batch_no  # the batch's last UNSUBSCRIBE
+                data = b"".join(parts)
+                s.sendall(ws_frame(data, 0x2) if ws else data)
+                got = read_until(s, b"receipt-id:b%d" % batch_no, timeout=15)
+                if not got:
+                    with lock:
+                        bump(stats, "no_receipt_reconnect")
+                    s.close()
+                    s = None
+                    continue
+                if b"ERROR" in got:
+                    with lock:
+                        bump(stats, "errors_from_server")
+                done += batch_n
+                with lock:
+                    names[0] += batch_n
+                    stats["names"] = names[0]
+                # pace: stay on a straight line from 0 to `per_conn` over the span
+                ahead = done / per_conn * span - (time.time() - t0)
+                if ahead > 0:
+                    time.sleep(min(ahead, 1.0))
+            except OSError:
+                with lock:
+                    stats["errors"] = stats.get("errors", 0) + 1
+                if s:
+                    s.close()
                 s = None
-                continue
-            if b"ERROR" in got:
-                bump(stats, "errors_from_server")
-            done += batch_n
-            stats["names"] = done
-            # pace: stay on a straight line from 0 to `total` over the span
-            ahead = done / total * span - (time.time() - t0)
-            if ahead > 0:
-                time.sleep(min(ahead, 1.0))
-        except OSError:
-            stats["errors"] += 1
-            if s:
-                s.close()
-            s = None
-            time.sleep(0.1)
-    if s:
-        s.close()
+                time.sleep(0.1)
+        if s:
+            s.close()
+
+    threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(n_conn)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def abuse_cycles(idx, cfg, running, stats):
@@ -579,6 +607,19 @@ def abuse_cycles(idx, cfg, running, stats):
         if ahead > 0:
             time.sleep(ahead)
 
+
+def abuse_burn(idx, cfg, running, stats):
+    """Control, not an attack (only with --abusers burn): burn CPU at the
+    abusers' nice level without touching the server, to show what merely
+    sharing the 2 vCPUs with busy processes does to the fanout's p99."""
+    n = 0
+    while running():
+        for _ in range(100_000):
+            n += 1
+        stats["loops"] = n // 100_000
+
+
+CONTROLS = [("burn", abuse_burn, 2)]
 
 ABUSERS = [
     # name, function, processes
@@ -650,11 +691,14 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke run: D=20, smaller churn and cycles")
     ap.add_argument("--out", default=None, help="results dir (default bench/results/<date>-soak/)")
     ap.add_argument("--after", type=float, default=15.0, help="seconds of RSS samples after the abuse")
+    ap.add_argument("--abuser-sched", choices=["idle", "nice"], default="idle",
+                    help="abusers at nice 10 under SCHED_IDLE (default: they get only CPU the server and the "
+                         "generator leave) or at nice 10 alone (they compete with the generator for the 2 vCPUs)")
     ap.add_argument("--abusers", default=",".join(a[0] for a in ABUSERS),
                     help="comma-separated subset of abusers to run (diagnostics; default all: %(default)s)")
     args = ap.parse_args()
     D = args.duration or (20.0 if args.quick else 120.0)
-    churn_names = 200_000 if args.quick else 2_000_000
+    churn_names = 100_000 if args.quick else 2_000_000
     cycles = 2_000 if args.quick else 10_000
     slowloris = 100 if args.quick else 300
     date = datetime.datetime.utcnow().strftime("%Y-%m-%d")
@@ -752,13 +796,18 @@ def main():
         js = fanout("abuse")
         cfg = {
             "http_port": http_port, "stomp_port": stomp_port, "nice": 10,
+            "sched_idle": args.abuser_sched == "idle",
             "deadline": t_abuse + D + 40,  # hard bound; normally stopped when the fanout ends
             "slowloris_per_proc": slowloris,
             "flood_conns_per_proc": 4,
+            # 2 processes x 170 connections x 50 names/s (100 SUBSCRIBE +
+            # UNSUBSCRIBE per s, the server's default --max-subscribe-rate)
+            # = 17,000 names/s: 2 M in 120 s.
+            "churn_conns_per_proc": 40 if args.quick else 170,
             "span": D + 3,  # pacing of churn and cycles: the fanout's set-up + publishing
         }
         ctx = mp.get_context("fork")
-        for name, fn, n in ABUSERS:
+        for name, fn, n in ABUSERS + CONTROLS:
             if name not in chosen:
                 continue
             for i in range(n):
@@ -931,8 +980,9 @@ def main():
                f"unknown command), half-sent handshakes ({slowloris} held at once, re-opened when the server "
                "closes them), cross-shard flooders (2 processes x 4 connections, SEND as fast as they can to "
                "rooms the other shard owns, never reading, half of them also subscribed to those rooms), "
-               f"subscribe/unsubscribe churn ({churn_names:,} fresh names targeted over the run, 2 processes, "
-               f"pipelined batches of 1,000 pairs), connect/disconnect cycles ({cycles:,} targeted, "
+               f"subscribe/unsubscribe churn ({churn_names:,} fresh names targeted over the run, 2 processes x "
+               f"{40 if args.quick else 170} connections (each held to the server's --max-subscribe-rate), "
+               f"pipelined batches of 50 pairs), connect/disconnect cycles ({cycles:,} targeted, "
                "4 processes, WS upgrade + CONNECT + close / STOMP CONNECT + close / bare TCP in turn).", "",
                "Criteria (constants in the script): RSS bound "
                f"{RSS_BOUND_KIB // 1024} MiB (worst case the limits allow is ~250 MB; see RSS_BOUND_KIB); "

@@ -172,6 +172,17 @@ settings! {
     /// applies (the token bucket's size): a client sending its backlog on
     /// reconnect is not slowed. Bounded below by 1.
     publish_burst: u32 = 1000, env "STAMPEDE_PUBLISH_BURST", default_help "1000";
+    /// SUBSCRIBEs and UNSUBSCRIBEs per second one connection may make on
+    /// average; 0 = unlimited. Each changes state on the room's owner shard
+    /// (and may cross to it), so a client cycling through room names costs
+    /// every client of the shard; over the rate it is not read until back
+    /// under, like a publisher. A chat client changes rooms a few times a
+    /// minute; 100/s is generous.
+    max_subscribe_rate: u32 = 100, env "STAMPEDE_MAX_SUBSCRIBE_RATE", default_help "100";
+    /// SUBSCRIBEs and UNSUBSCRIBEs one connection may make at once before
+    /// `max_subscribe_rate` applies: 512 lets a client join (or leave and
+    /// rejoin) all of its `max_subscriptions` rooms on connect.
+    subscribe_burst: u32 = 512, env "STAMPEDE_SUBSCRIBE_BURST", default_help "512";
     /// How often the server can send heart-beats (ms), offered in CONNECTED.
     /// 10 s matches stompjs's default. 0 disables server heart-beats.
     heartbeat_send_ms: u64 = 10_000, env "STAMPEDE_HEARTBEAT_SEND_MS", default_help "10000";

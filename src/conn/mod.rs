@@ -76,6 +76,22 @@ pub(crate) enum Outcome {
     },
 }
 
+/// The per-connection rates (`--max-publish-rate`, `--max-subscribe-rate`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnRates {
+    pub publish: RateLimit,
+    pub subscribe: RateLimit,
+}
+
+/// What one read of a connection used of its rates.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Used {
+    /// Messages published (SENDs, and the SENDs of each COMMIT).
+    pub published: u32,
+    /// SUBSCRIBEs and UNSUBSCRIBEs.
+    pub sub_changes: u32,
+}
+
 /// One client connection.
 pub(crate) struct Conn {
     token: ConnToken,
@@ -94,10 +110,11 @@ pub(crate) struct Conn {
     /// Reading is suspended (a queue towards another shard or the writer
     /// is full, or the shard is shutting down).
     paused: bool,
-    /// Its publishing against `--max-publish-rate`: while over, it is not
-    /// read.
+    /// Its publishing against `--max-publish-rate` and its subscription
+    /// changes against `--max-subscribe-rate`: while over, it is not read.
     publish: Gcra,
-    /// Over its publish rate: not read until its task's timer ends it.
+    subscribe: Gcra,
+    /// Over a rate: not read until its task's timer ends it.
     throttled: bool,
     /// Wakes the connection's task (to write, close or resume reading).
     waker: Option<Waker>,
@@ -125,6 +142,7 @@ impl Conn {
             out,
             paused: false,
             publish: Gcra::default(),
+            subscribe: Gcra::default(),
             throttled: false,
             waker: None,
             created: now,
@@ -184,22 +202,21 @@ impl Conn {
         self.wake();
     }
 
-    /// Count `n` messages it published at `now`; if that puts it over its
-    /// rate, stop reading it and say for how long (the caller reads it
+    /// Count what one read did at `now`; if that puts the connection over
+    /// a rate, stop reading it and say for how long (the caller reads it
     /// again with `unthrottle` after that).
-    pub fn charge_publishes(
-        &mut self,
-        limit: &RateLimit,
-        n: u32,
-        now: Instant,
-    ) -> Option<Duration> {
-        self.publish.charge(limit, n, now);
-        let wait = self.publish.wait(limit, now);
+    pub fn charge(&mut self, rates: &ConnRates, used: Used, now: Instant) -> Option<Duration> {
+        self.publish.charge(&rates.publish, used.published, now);
+        self.subscribe.charge(&rates.subscribe, used.sub_changes, now);
+        let wait = self
+            .publish
+            .wait(&rates.publish, now)
+            .max(self.subscribe.wait(&rates.subscribe, now));
         self.throttled = wait.is_some();
         wait
     }
 
-    /// Over its publish rate: not read until `unthrottle`.
+    /// Over a rate: not read until `unthrottle`.
     pub fn is_throttled(&self) -> bool {
         self.throttled
     }

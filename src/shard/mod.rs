@@ -45,7 +45,7 @@ use tracing::{error, warn};
 
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::conn::{ConnToken, Phase, Sock};
+use crate::conn::{ConnRates, ConnToken, Phase, Sock, Used};
 use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
 use crate::out::Out;
 use crate::rate::RateLimit;
@@ -124,8 +124,8 @@ pub(crate) struct Shard {
     cfg: Config,
     frame_limits: Limits,
     session_limits: SessionLimits,
-    /// `--max-publish-rate` / `--publish-burst`, per connection.
-    publish_limit: RateLimit,
+    /// `--max-publish-rate`, `--max-subscribe-rate` and their bursts.
+    rates: ConnRates,
     conns: Conns,
     rooms: RefCell<Rooms>,
     peers: Peers,
@@ -160,7 +160,10 @@ impl Shard {
                 max_header_length: cfg.max_header_length,
             },
             session_limits: SessionLimits::from_config(&cfg),
-            publish_limit: RateLimit::new(cfg.max_publish_rate, cfg.publish_burst),
+            rates: ConnRates {
+                publish: RateLimit::new(cfg.max_publish_rate, cfg.publish_burst),
+                subscribe: RateLimit::new(cfg.max_subscribe_rate, cfg.subscribe_burst),
+            },
             conns: Conns::default(),
             rooms: RefCell::new(Rooms::new(
                 id,
@@ -790,8 +793,8 @@ struct ConnBroker<'a> {
     /// broker only clones the handle, never borrows it).
     me: &'a ConnRef,
     token: ConnToken,
-    /// Messages it published (charged to the connection's publish rate).
-    published: Cell<u32>,
+    /// What it used of the connection's rates.
+    used: Cell<Used>,
     /// Whether it queued work for a peer shard or the store: publishes,
     /// subscription changes (interest, replay reads). A read that queued
     /// none needs no pause when those queues are full.
@@ -804,9 +807,17 @@ impl<'a> ConnBroker<'a> {
             shard,
             me,
             token,
-            published: Cell::new(0),
+            used: Cell::new(Used::default()),
             queued: Cell::new(false),
         }
+    }
+
+    /// Record a use of the connection's rates; each also queues work.
+    fn count(&self, f: impl FnOnce(&mut Used)) {
+        let mut used = self.used.get();
+        f(&mut used);
+        self.used.set(used);
+        self.queued.set(true);
     }
 }
 
@@ -824,18 +835,17 @@ impl Broker for ConnBroker<'_> {
     }
 
     fn publish(&self, draft: Draft, confirm: Option<Confirm>) {
-        self.published.set(self.published.get().saturating_add(1));
-        self.queued.set(true);
+        self.count(|u| u.published = u.published.saturating_add(1));
         self.shard.publish(draft, self.token, confirm);
     }
 
     fn subscribe(&self, sub: NewSub<'_>) -> Subscribed {
-        self.queued.set(true);
+        self.count(|u| u.sub_changes = u.sub_changes.saturating_add(1));
         self.shard.subscribe(self.me, self.token, sub)
     }
 
     fn unsubscribe(&self, room: &str, key: usize) {
-        self.queued.set(true);
+        self.count(|u| u.sub_changes = u.sub_changes.saturating_add(1));
         self.shard.unsubscribe(room, key);
     }
 }

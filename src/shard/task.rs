@@ -1,7 +1,7 @@
 //! The task of one connection: wait for its socket, hand what it reads to
 //! the connection's protocol layers, act on what they hand back (HTTP
 //! requests, WebSocket upgrades that move the connection to another
-//! shard), pause it while it publishes over its rate or into the shard's full
+//! shard), pause it while it is over its rates or adds to the shard's full
 //! queues, and forget it when
 //! it ends.
 
@@ -35,8 +35,8 @@ struct AfterRead {
     next: Next,
     /// It queued work for a peer shard or the store (see `congested`).
     queued: bool,
-    /// It took the connection over its publish rate: read it again after
-    /// this long.
+    /// It took the connection over a rate (publish, subscribe): read it
+    /// again after this long.
     throttle: Option<Duration>,
 }
 
@@ -99,8 +99,7 @@ impl Shard {
         let token = c.token();
         let broker = ConnBroker::new(self, conn, token);
         let next = self.act(&mut c, &broker, data);
-        let throttle =
-            c.charge_publishes(&self.publish_limit, broker.published.get(), Instant::now());
+        let throttle = c.charge(&self.rates, broker.used.get(), Instant::now());
         AfterRead {
             next,
             queued: broker.queued.get(),

@@ -46,7 +46,8 @@ def test_rooms_churned_through_are_freed_after_the_idle_time(server_factory):
     """Three rounds of churn over fresh names: without freeing, each round
     adds its rooms for good (the owner's table triples); with it, the
     second and third rounds reuse the memory the first one left."""
-    srv = server_factory("--shards", "2", "--room-idle-s", "1")
+    # No subscribe rate: the churn must reach the room tables at full speed.
+    srv = server_factory("--shards", "2", "--room-idle-s", "1", "--max-subscribe-rate", "0")
     c = srv.connected("tcp")
     base = rss_kib(srv.proc.pid)
     peaks = []
@@ -74,7 +75,8 @@ def test_rooms_churned_through_are_freed_after_the_idle_time(server_factory):
 
 
 def test_a_freed_room_continues_its_seqs_from_the_store(server_factory):
-    srv = server_factory("--shards", "2", "--room-idle-s", "1")
+    # No subscribe rate: the churn must reach the room tables at full speed.
+    srv = server_factory("--shards", "2", "--room-idle-s", "1", "--max-subscribe-rate", "0")
     room = uid("seq")
     dest = f"/topic/{room}"
     pub = srv.connected("tcp")

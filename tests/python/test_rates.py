@@ -1,4 +1,5 @@
-"""Per-connection publish rate (`--max-publish-rate`, `--publish-burst`).
+"""Per-connection rates: publishing (`--max-publish-rate`, `--publish-burst`)
+and subscription changes (`--max-subscribe-rate`, `--subscribe-burst`).
 
 A client publishing faster than its rate is not refused or dropped: it is
 not read until it is back under, so its own TCP window fills. Everyone else
@@ -105,3 +106,29 @@ def test_zero_means_unlimited(server_factory):
     # With a burst of 1 the rate would make this take over 2 s.
     elapsed = done[0] - t0
     assert elapsed < 1.5, f"{N} messages took {elapsed:.2f} s with no rate limit"
+
+
+def test_subscription_churn_is_slowed_to_its_rate(server_factory):
+    # 10 at once, then 50/s: 110 SUBSCRIBE/UNSUBSCRIBE take >= 1.8 s
+    # (the last chunk's read is charged after it is handled).
+    srv = server_factory("--max-subscribe-rate", "50", "--subscribe-burst", "10")
+    c = srv.connected("tcp")
+    t0 = time.monotonic()
+    ops = 0
+    for chunk in range(11):
+        frames = b""
+        for i in range(5):
+            n = chunk * 5 + i
+            frames += build_frame("SUBSCRIBE", [("destination", f"/topic/churn-{n}"), ("id", "s")])
+            frames += build_frame("UNSUBSCRIBE", [("id", "s")] + ([("receipt", f"u{chunk}")] if i == 4 else []))
+            ops += 2
+        c.send_raw(frames)
+        c.expect_receipt(f"u{chunk}", timeout=10)
+    elapsed = time.monotonic() - t0
+    floor = (ops - 10 - 10) / 50
+    assert elapsed >= floor * 0.95, f"{ops} subscription changes took {elapsed:.2f} s; the rate allows no less than {floor} s"
+    # Only the churning connection waits: another is served at once.
+    other = srv.connected("tcp")
+    t1 = time.monotonic()
+    other.subscribe("/topic/churn-other")
+    assert time.monotonic() - t1 < 1.0
