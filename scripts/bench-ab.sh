@@ -104,7 +104,8 @@ if [ "$QUICK" = 1 ]; then
 else
   STORM_USERS=3000; HOLD_SESSIONS=10000; SECS=5
 fi
-SCENARIOS=(storm hold fanout send)
+# AB_SCENARIOS="send fanout" runs only those (a re-check of one figure).
+read -r -a SCENARIOS <<<"${AB_SCENARIOS:-storm hold fanout send}"
 scenario_args() {
   case "$1" in
     storm) ARGS=(--users "$STORM_USERS" --ramp-up 1) ;;
