@@ -281,6 +281,24 @@ fn start_store(
     };
     let (writer, _join) = writer::spawn(conn, cfg.persist_queue, cfg.persist_batch, on_commit)?;
     let pool = Pool::start(&cfg.data_dir, cfg.read_threads, cfg.read_queue)?;
+    let finish_on_writer = {
+        let writer = writer.clone();
+        move || {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let job = Box::new(move |conn: &mut rusqlite::Connection| {
+                if let Err(e) = crate::store::checkpoint::pass(conn) {
+                    tracing::warn!("checkpoint on the writer: {e}");
+                }
+                let _ = tx.send(());
+            });
+            writer.send(writer::Item::After(job)).is_ok() && rx.recv().is_ok()
+        }
+    };
+    crate::store::checkpoint::spawn(
+        crate::store::checkpoint::open(&cfg.data_dir, cfg.durability)?,
+        Duration::from_millis(cfg.checkpoint_interval_ms),
+        finish_on_writer,
+    )?;
     if cfg.retention_days > 0 || cfg.retention_per_room > 0 {
         crate::store::retention::spawn(
             writer.clone(),

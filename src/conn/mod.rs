@@ -207,7 +207,8 @@ impl Conn {
     /// again with `unthrottle` after that).
     pub fn charge(&mut self, rates: &ConnRates, used: Used, now: Instant) -> Option<Duration> {
         self.publish.charge(&rates.publish, used.published, now);
-        self.subscribe.charge(&rates.subscribe, used.sub_changes, now);
+        self.subscribe
+            .charge(&rates.subscribe, used.sub_changes, now);
         let wait = self
             .publish
             .wait(&rates.publish, now)

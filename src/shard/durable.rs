@@ -159,12 +159,20 @@ impl Durable {
         if held.is_empty() {
             return false;
         }
+        let mut asked = false;
         while let Some(item) = held.pop_front() {
             match store.writer.try_send(item) {
                 Ok(()) => {}
-                Err(TrySendError::Full(item)) => {
+                Err(TrySendError::Full(item)) if !asked => {
+                    // Ask to be rung, then try once more: the writer may
+                    // have taken its last batch, and looked at the flag,
+                    // between our try and the flag (it would never ring).
                     held.push_front(item);
                     store.want_space[self.id].store(true, Ordering::SeqCst);
+                    asked = true;
+                }
+                Err(TrySendError::Full(item)) => {
+                    held.push_front(item);
                     break;
                 }
                 Err(TrySendError::Disconnected(_)) => {
@@ -453,7 +461,9 @@ mod tests {
         assert!(want.load(Ordering::SeqCst), "the writer is asked to ring");
         // The writer takes one: one held item moves in, two stay held.
         assert_eq!(seq(rx.try_recv().unwrap()), 1);
+        want.store(false, Ordering::SeqCst); // the writer rang
         assert!(!d.drain_overflow(), "still holding");
+        assert!(want.load(Ordering::SeqCst), "asked to be rung again");
         assert!(d.congested());
         // A new item queues behind the held ones, never ahead of them.
         d.persist(msg(6));
