@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Tail latency at steady rates (issue 11): the cases and targets, each run
+three times on a fresh server; a target counts as met when the WORST of
+the three runs meets it.
+
+    scripts/bench-tail.py                      # every case, 3 runs each (~12 min)
+    scripts/bench-tail.py --cases send-after-max --runs 1
+    scripts/bench-tail.py --bin-b OTHER_BINARY # A/B: each run on A, then on B
+
+Server: `stampede --shards 1 --listen 127.0.0.1:0 --stomp-listen off
+--data-dir <fresh>` (defaults, durability full), pinned to core 0; the
+generator (`stampede-bench`) pinned to core 1. Capacity runs: the publish
+rate limit is off (`STAMPEDE_MAX_PUBLISH_RATE=0`). Writes
+bench/results/<date>-tail/ (or --out): json/<case>-<side>-r<run>.json,
+run.log and summary.md. Loopback only; every process is stopped on exit.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FANOUT = ["fanout", "--duration", "20", "--drain", "10", "--step-timeout", "30"]
+SEND_5K = ["send", "--publishers", "10", "--window", "64", "--rate", "5000", "--duration", "60"]
+SEND_MAX = ["send", "--publishers", "4", "--window", "8192", "--rate", "0", "--duration", "10"]
+
+# name -> (what, [generator runs on one server; the last one is measured], targets)
+# targets: [(figure, json path, bound ms)]
+CASES = {
+    "fanout-10k": ("fan-out 10 rooms x 100 members, 100 msg/s (10 k deliveries/s)",
+                   [FANOUT + ["--rooms", "10", "--members", "100", "--publishers", "4", "--rate", "100"]],
+                   [("p99", ("latency_ms", "p99"), 2.0)]),
+    "fanout-100k": ("fan-out 10 rooms x 100 members, 1,000 msg/s (100 k deliveries/s)",
+                    [FANOUT + ["--rooms", "10", "--members", "100", "--publishers", "4", "--rate", "1000"]],
+                    [("p99", ("latency_ms", "p99"), 5.0)]),
+    "fanout-400k": ("fan-out 1 room x 2,000 members, 200 msg/s (400 k deliveries/s)",
+                    [FANOUT + ["--rooms", "1", "--members", "2000", "--publishers", "1", "--rate", "200"]],
+                    [("p99", ("latency_ms", "p99"), 20.0)]),
+    "send-5k": ("SEND->RECEIPT, 10 connections, 5,000 msg/s for 60 s, durability full",
+                [SEND_5K],
+                [("p99", ("latency_ms", "p99"), 5.0), ("max", ("latency_ms", "max"), 50.0)]),
+    "send-after-max": ("the same, right after a 10 s max-rate send run (window 8192) on the same server",
+                       [SEND_MAX, SEND_5K],
+                       [("p99", ("latency_ms", "p99"), 5.0), ("max", ("latency_ms", "max"), 50.0)]),
+}
+
+PROCS = []
+
+
+def log(msg, fh=None):
+    line = f"[{datetime.datetime.utcnow():%H:%M:%S}] {msg}"
+    print(line, flush=True)
+    if fh:
+        fh.write(line + "\n")
+        fh.flush()
+
+
+def cleanup(*_):
+    for p in PROCS:
+        if p.poll() is None:
+            p.kill()
+    sys.exit(130)
+
+
+def start_server(binary, data, logf):
+    env = dict(os.environ, STAMPEDE_MAX_PUBLISH_RATE="0")
+    err = open(os.path.join(data, "server.log"), "w")
+    p = subprocess.Popen(["taskset", "-c", "0", binary, "--shards", "1", "--listen", "127.0.0.1:0",
+                          "--stomp-listen", "off", "--data-dir", os.path.join(data, "db")],
+                         stdout=subprocess.DEVNULL, stderr=err, env=env)
+    PROCS.append(p)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        with open(os.path.join(data, "server.log")) as f:
+            m = re.search(r"http\+ws on 127\.0\.0\.1:(\d+)", f.read())
+        if m:
+            return p, int(m.group(1))
+        if p.poll() is not None:
+            break
+        time.sleep(0.1)
+    p.kill()
+    raise RuntimeError(f"server did not start: {open(os.path.join(data, 'server.log')).read()[-2000:]}")
+
+
+def get(d, path):
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def wal_bytes(data):
+    try:
+        return os.path.getsize(os.path.join(data, "db", "stampede.db-wal"))
+    except OSError:
+        return None
+
+
+def run_case(name, side, binary, bench, r, out, logf):
+    what, steps, _ = CASES[name]
+    data = tempfile.mkdtemp(prefix="stampede-tail.")
+    try:
+        srv, port = start_server(binary, data, logf)
+        js = None
+        for i, step in enumerate(steps):
+            last = i == len(steps) - 1
+            js = os.path.join(out, "json", f"{name}-{side}-r{r}" + ("" if last else f"-warm{i}") + ".json")
+            cmd = ["taskset", "-c", "1", bench] + step + ["--url", f"ws://127.0.0.1:{port}/ws",
+                                                         "--server-pid", str(srv.pid), "--label", f"{name}-{side}",
+                                                         "--json", js]
+            log(f"{name} {side} r{r}: {' '.join(cmd[3:])}", logf)
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            logf.write(res.stdout + res.stderr)
+            if res.returncode != 0:
+                log(f"  generator exit {res.returncode}", logf)
+        wal = wal_bytes(data)
+        srv.send_signal(signal.SIGTERM)
+        try:
+            srv.wait(30)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+        try:
+            with open(js) as f:
+                d = json.load(f)
+        except (OSError, ValueError):
+            d = {}
+        d["wal_bytes_at_end"] = wal
+        with open(js, "w") as f:
+            json.dump(d, f)
+        lat = d.get("latency_ms", {})
+        log(f"  p50 {lat.get('p50')} p99 {lat.get('p99')} max {lat.get('max')} ms; "
+            f"server p99 {get(d, ('server_latency_ms', 'p99'))}; WAL {wal}", logf)
+        return d
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def fmt(v):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}" if v < 1 else f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+    return f"{v:,}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated (default all: %(default)s)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--bin", default=os.environ.get("STAMPEDE_BIN", os.path.join(ROOT, "target/release/stampede")))
+    ap.add_argument("--bin-b", default=None, help="a second server binary: each run on A, then on B")
+    ap.add_argument("--bench", default=os.environ.get("STAMPEDE_BENCH_BIN",
+                                                      os.path.join(ROOT, "target/release/stampede-bench")))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    signal.signal(signal.SIGINT, cleanup)
+    signal.signal(signal.SIGTERM, cleanup)
+    cases = [c for c in args.cases.split(",") if c]
+    for c in cases:
+        if c not in CASES:
+            sys.exit(f"unknown case {c}; known: {', '.join(CASES)}")
+    date = datetime.datetime.utcnow().strftime("%Y-%m-%d")
+    out = args.out or os.path.join(ROOT, "bench/results", f"{date}-tail")
+    os.makedirs(os.path.join(out, "json"), exist_ok=True)
+    sides = [("A", args.bin)] + ([("B", args.bin_b)] if args.bin_b else [])
+    results = {}
+    t0 = time.time()
+    with open(os.path.join(out, "run.log"), "a") as logf:
+        for c in cases:
+            for r in range(1, args.runs + 1):
+                order = sides if r % 2 else list(reversed(sides))
+                for side, binary in order:
+                    results.setdefault((c, side), []).append(run_case(c, side, binary, args.bench, r, out, logf))
+    md = [f"# Tail latency at steady rates — {date}", "",
+          f"Made by `scripts/bench-tail.py {' '.join(sys.argv[1:])}` in {(time.time() - t0) / 60:.1f} min.",
+          f"Machine: {os.cpu_count()} vCPU, {platform.processor() or platform.machine()}, Linux {platform.release()}. "
+          "Server `stampede --shards 1` (defaults, durability full, publish rate off) pinned to core 0, "
+          "generator pinned to core 1, a fresh server and data dir per run.", ""]
+    for side, binary in sides:
+        md.append(f"- {side}: `{binary}`")
+    md.append("")
+    md.append("A target is met when the worst of the runs meets it. *server* = the publisher's send time to the "
+              "kernel's arrival timestamp at the receiving socket (the generator's own scheduling and parsing "
+              "excluded), where the generator reports it.")
+    md.append("")
+    md.append("| case | side | target | runs (total p99 / server p99 / max ms) | achieved rate | worst | met |")
+    md.append("|---|---|---|---|---|---|---|")
+    for c in cases:
+        what, _, targets = CASES[c]
+        for side, _ in sides:
+            runs = results.get((c, side), [])
+            cells = []
+            for d in runs:
+                cells.append(f"{fmt(get(d, ('latency_ms', 'p99')))} / {fmt(get(d, ('server_latency_ms', 'p99')))}"
+                             f" / {fmt(get(d, ('latency_ms', 'max')))}")
+            rate = [get(d, ("deliveries_per_s",)) or get(d, ("receipts_per_s",)) for d in runs]
+            rate_s = ", ".join(fmt(round(x)) if x else "–" for x in rate) + "/s"
+            for fig, path, bound in targets:
+                vals = [get(d, path) for d in runs]
+                worst = max((v for v in vals if v is not None), default=None)
+                met = worst is not None and worst <= bound and None not in vals
+                md.append(f"| {what} | {side} | {fig} ≤ {bound} ms | {'; '.join(cells)} | {rate_s} | "
+                          f"{fmt(worst)} | {'yes' if met else '**no**'} |")
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
