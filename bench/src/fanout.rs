@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use hdrhistogram::Histogram;
@@ -23,7 +23,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::observe::{self, Observe};
-use crate::rawws::RawReader;
+use crate::rawws::{RawReader, now_ns};
+use crate::report::Hists;
 use crate::workers::{self, Bar, Opened, Workers};
 use crate::ws;
 
@@ -106,15 +107,16 @@ struct Tally {
     drop_reasons: BTreeMap<String, u64>,
     /// When the last delivery arrived (ns since the epoch).
     last_ns: u64,
-    /// Latency histogram (µs) as (value, count) pairs.
+    /// Latency histogram (µs) as (value, count) pairs: publisher's send
+    /// time to the member parsing the message.
     latency_us: Vec<(u64, u64)>,
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    /// The server's share: send time to the kernel's arrival timestamp of
+    /// the read that completed the message (messages with a timestamp).
+    #[serde(default)]
+    server_latency_us: Vec<(u64, u64)>,
+    /// The member's own share: that arrival to parsing.
+    #[serde(default)]
+    client_latency_us: Vec<(u64, u64)>,
 }
 
 fn room_dest(run_id: u64, r: usize) -> String {
@@ -192,7 +194,7 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
         w.tell(&word).await?;
     }
     let mut tally = Tally::default();
-    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let mut hists = Hists::new();
     for p in workers::payloads(&mut workers, &bar).await? {
         let t: Tally = serde_json::from_str(&p).map_err(|e| format!("worker: {e}"))?;
         tally.delivered += t.delivered;
@@ -204,8 +206,14 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
             *tally.drop_reasons.entry(k).or_default() += v;
         }
         tally.last_ns = tally.last_ns.max(t.last_ns);
-        for (v, c) in t.latency_us {
-            hist.record_n(v, c).expect("auto-resizing histogram");
+        for (h, pairs) in [
+            (&mut hists.total, &t.latency_us),
+            (&mut hists.server, &t.server_latency_us),
+            (&mut hists.client, &t.client_latency_us),
+        ] {
+            for &(v, c) in pairs {
+                h.record_n(v, c).expect("auto-resizing histogram");
+            }
         }
     }
     bar.done();
@@ -216,33 +224,39 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
     // Deliveries per second from the first publish to the last delivery.
     let deliver_s = (tally.last_ns.saturating_sub(published_ns) as f64 / 1e9).max(publish_s);
     let rate = tally.delivered as f64 / deliver_s;
+    let published_per_s = sent as f64 / publish_s;
     let lost = expected.saturating_sub(tally.delivered);
     println!(
-        "fanout: {} rooms x {} members, {} publishers, {sent} sent in {publish_s:.2} s ({:.0}/s); delivered {}/{expected} in {deliver_s:.2} s ({rate:.0}/s); lost {lost}; out of order {}; members short {}; sessions dropped {} {:?}",
+        "fanout: {} rooms x {} members, {} publishers, window {}/room; target {} msg/s, achieved {published_per_s:.0} msg/s ({sent} sent in {publish_s:.2} s); delivered {}/{expected} at {rate:.0}/s (first publish to last delivery, {deliver_s:.2} s); lost {lost}; out of order {}; members short {}; sessions dropped {} {:?}",
         args.rooms,
         args.members,
         args.publishers.min(args.rooms),
-        sent as f64 / publish_s,
+        args.window,
+        crate::report::rate_text(args.rate),
         tally.delivered,
         tally.out_of_order,
         tally.short,
         tally.dropped,
         tally.drop_reasons,
     );
-    println!("latency ms: {}", crate::report::latency_line(&hist));
+    print!("{}", hists.lines("latency ms"));
     println!("{}", cost.line());
     let doc = serde_json::json!({
         "scenario": "fanout", "label": args.observe.label, "url": args.endpoint.url,
         "rooms": args.rooms, "members": args.members,
-        "publishers": args.publishers.min(args.rooms), "rate": args.rate, "body_size": args.body_size,
+        "publishers": args.publishers.min(args.rooms), "rate": args.rate, "target_rate": args.rate,
+        "window": args.window, "body_size": args.body_size, "duration_s": args.duration,
         "workers": n, "subscribe_s": subscribe_s,
-        "sent": sent, "publish_s": publish_s, "deliver_s": deliver_s, "delivered": tally.delivered, "expected": expected,
+        "sent": sent, "publish_s": publish_s, "published_per_s": published_per_s,
+        "deliver_s": deliver_s, "delivered": tally.delivered, "expected": expected,
         "lost": lost, "out_of_order": tally.out_of_order,
         "subscribers_short": tally.short, "sessions_dropped": tally.dropped,
         "publishers_stopped": stopped,
         "drop_reasons": tally.drop_reasons,
         "deliveries_per_s": rate,
-        "latency_ms": crate::report::latency_json(&hist),
+        "latency_ms": crate::report::latency_json(&hists.total),
+        "server_latency_ms": crate::report::latency_json_opt(&hists.server),
+        "client_latency_ms": crate::report::latency_json_opt(&hists.client),
         "cost": cost,
     });
     observe::write_json(&args.observe, &doc)?;
@@ -491,19 +505,23 @@ struct Seen {
     last_ns: u64,
 }
 
+/// One delivery's latency in µs: (total, Some((server, client))), from
+/// [`crate::rawws::split_us`].
+type Sample = (u64, Option<(u64, u64)>);
+
 /// Latencies go into a few shared histograms, in batches, instead of one
 /// histogram per member (tens of KiB each).
 struct Latencies {
-    shards: Vec<Mutex<Histogram<u64>>>,
+    shards: Vec<Mutex<Hists>>,
 }
 
 impl Latencies {
-    fn add(&self, who: usize, batch: &mut Vec<u64>) {
+    fn add(&self, who: usize, batch: &mut Vec<Sample>) {
         let mut h = self.shards[who % self.shards.len()]
             .lock()
             .expect("histogram lock");
-        for &v in batch.iter() {
-            let _ = h.record(v.max(1));
+        for &sample in batch.iter() {
+            h.record(sample);
         }
         batch.clear();
     }
@@ -537,9 +555,7 @@ async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
     // Read deliveries until told to stop.
     let received = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Latencies {
-        shards: (0..8)
-            .map(|_| Mutex::new(Histogram::new(3).expect("histogram")))
-            .collect(),
+        shards: (0..8).map(|_| Mutex::new(Hists::new())).collect(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let readers: Vec<_> = members
@@ -557,10 +573,10 @@ async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
                 let mut last = 0u64;
                 let mut batch = Vec::with_capacity(256);
                 loop {
-                    let data = tokio::select! {
+                    let (data, rx_ns) = tokio::select! {
                         biased;
                         _ = stop.changed() => break,
-                        m = reader.next() => match m {
+                        m = reader.next_stamped() => match m {
                             Ok(Some(d)) => d,
                             Ok(None) => {
                                 seen.dropped.get_or_insert_with(|| "closed".into());
@@ -581,7 +597,7 @@ async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
                     };
                     let now = now_ns();
                     seen.last_ns = now;
-                    batch.push(now.saturating_sub(sent_ns) / 1000);
+                    batch.push(crate::rawws::split_us(sent_ns, rx_ns, now));
                     if batch.len() == batch.capacity() {
                         lat.add(who, &mut batch);
                     }
@@ -650,15 +666,18 @@ async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
         tally.last_ns = tally.last_ns.max(seen.last_ns);
     }
     progress.abort();
-    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let mut hists = Hists::new();
     for h in &lat.shards {
-        hist.add(&*h.lock().expect("histogram lock"))
-            .expect("merge histograms");
+        hists.add(&h.lock().expect("histogram lock"));
     }
-    tally.latency_us = hist
-        .iter_recorded()
-        .map(|v| (v.value_iterated_to(), v.count_at_value()))
-        .collect();
+    let pairs = |h: &Histogram<u64>| {
+        h.iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    };
+    tally.latency_us = pairs(&hists.total);
+    tally.server_latency_us = pairs(&hists.server);
+    tally.client_latency_us = pairs(&hists.client);
     println!("{}", serde_json::to_string(&tally).expect("json"));
     0
 }

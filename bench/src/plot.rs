@@ -166,12 +166,12 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
         ));
     }
 
-    md.push_str("\n### fanout: deliveries per second, publish-to-delivery latency\n\n| target | rooms x members | rate msg/s | sent | delivered/s | lost | out of order | members dropped | p50 ms | p99 ms | server CPU s | generator CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n### fanout: deliveries per second, publish-to-delivery latency\n\n| target | rooms x members | rate msg/s | sent | delivered/s | lost | out of order | members dropped | p50 ms | p99 ms | server p99 ms | server CPU s | generator CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let fanouts: Vec<&Value> = by("fanout").collect();
     for d in &fanouts {
         if let Some(why) = d["failed"].as_str() {
             md.push_str(&format!(
-                "| {} | {} x {} | {} | failed: {why} |||||||||\n",
+                "| {} | {} x {} | {} | failed: {why} ||||||||||\n",
                 d["label"].as_str().unwrap_or(""),
                 d["rooms"],
                 d["members"],
@@ -180,7 +180,7 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
             continue;
         }
         md.push_str(&format!(
-            "| {} | {} x {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} x {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             d["label"].as_str().unwrap_or(""),
             d["rooms"],
             d["members"],
@@ -192,6 +192,7 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
             dropped(d),
             opt(&d["latency_ms"]["p50"], 2),
             opt(&d["latency_ms"]["p99"], 2),
+            opt(&d["server_latency_ms"]["p99"], 2),
             opt(&d["cost"]["server_cpu_s"], 2),
             opt(&d["cost"]["generator_cpu_s"], 2),
         ));
@@ -199,10 +200,10 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
 
     let sends: Vec<&Value> = by("send").collect();
     if !sends.is_empty() {
-        md.push_str("\n### send: SEND throughput and RECEIPT latency\n\n| target | publishers x window | rate | receipted/s | missing | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|\n");
+        md.push_str("\n### send: SEND throughput and RECEIPT latency\n\n| target | publishers x window | rate | receipted/s | missing | p50 ms | p99 ms | server p99 ms |\n|---|---|---|---|---|---|---|---|\n");
         for d in sends {
             md.push_str(&format!(
-                "| {} | {} x {} | {} | {:.0} | {} | {} | {} |\n",
+                "| {} | {} x {} | {} | {:.0} | {} | {} | {} | {} |\n",
                 d["label"].as_str().unwrap_or(""),
                 d["publishers"],
                 d["window"],
@@ -211,6 +212,7 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
                 d["missing_receipts"],
                 opt(&d["latency_ms"]["p50"], 2),
                 opt(&d["latency_ms"]["p99"], 2),
+                opt(&d["server_latency_ms"]["p99"], 2),
             ));
         }
     }
@@ -467,7 +469,15 @@ mod tests {
             storm("spring", 1000, 600.0, 120),
             serde_json::json!({"scenario": "fanout", "label": "stampede", "rooms": 100, "members": 100,
                 "rate": 0.0, "sent": 10, "deliveries_per_s": 600000.0, "lost": 0, "out_of_order": 0,
+                "latency_ms": {"p50": 1.0, "p99": 2.0}, "server_latency_ms": {"p50": 0.5, "p99": 1.5},
+                "cost": {"server_cpu_s": 1.0, "generator_cpu_s": 2.0}}),
+            // Older results have no server share: shown as "–".
+            serde_json::json!({"scenario": "fanout", "label": "spring", "rooms": 10, "members": 100,
+                "rate": 500.0, "sent": 10, "deliveries_per_s": 50000.0, "lost": 0, "out_of_order": 0,
                 "latency_ms": {"p50": 1.0, "p99": 2.0}, "cost": {"server_cpu_s": 1.0, "generator_cpu_s": 2.0}}),
+            serde_json::json!({"scenario": "send", "label": "stampede", "publishers": 4, "window": 64,
+                "rate": 0.0, "receipts_per_s": 50000.0, "missing_receipts": 0,
+                "latency_ms": {"p50": 1.0, "p99": 3.0}, "server_latency_ms": {"p50": 0.4, "p99": 2.5}}),
             serde_json::json!({"scenario": "hold", "label": "stampede", "sessions": 100, "established": 100,
                 "errors": {}, "rss_before_kib": 1000, "rss_after_kib": 1200, "bytes_per_session": 2048.0}),
         ]
@@ -497,6 +507,15 @@ mod tests {
         );
         assert!(
             md.contains("| stampede | 100 x 100 | max | 10 | 600000 | 0 | 0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1.00 | 2.00 | 1.50 | 1.00 | 2.00 |"), "{md}");
+        assert!(
+            md.contains("| spring | 10 x 100 | 500 | 10 | 50000 | 0 | 0 | 0 | 1.00 | 2.00 | – |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| stampede | 4 x 64 | max | 50000 | 0 | 1.00 | 3.00 | 2.50 |"),
             "{md}"
         );
         assert!(

@@ -147,6 +147,80 @@ pub fn latency_json(h: &Histogram<u64>) -> serde_json::Value {
     serde_json::json!({"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": h.max() as f64 / 1000.0})
 }
 
+/// Latency histograms (µs): the total and, for messages whose read had a
+/// kernel receive timestamp, the server's and the client's shares of it
+/// (see [`crate::rawws::split_us`]).
+pub struct Hists {
+    pub total: Histogram<u64>,
+    pub server: Histogram<u64>,
+    pub client: Histogram<u64>,
+}
+
+impl Hists {
+    pub fn new() -> Hists {
+        let h = || Histogram::new(3).expect("histogram");
+        Hists {
+            total: h(),
+            server: h(),
+            client: h(),
+        }
+    }
+
+    /// One message: (total, Some((server, client))) in µs.
+    pub fn record(&mut self, (total, split): (u64, Option<(u64, u64)>)) {
+        let _ = self.total.record(total.max(1));
+        if let Some((server, client)) = split {
+            let _ = self.server.record(server.max(1));
+            let _ = self.client.record(client.max(1));
+        }
+    }
+
+    pub fn add(&mut self, other: &Hists) {
+        self.total.add(&other.total).expect("merge histograms");
+        self.server.add(&other.server).expect("merge histograms");
+        self.client.add(&other.client).expect("merge histograms");
+    }
+
+    /// The lines a scenario prints: the total, then the server's and the
+    /// client's shares, each in ms.
+    pub fn lines(&self, name: &str) -> String {
+        let mut out = format!("{name}: {}\n", latency_line(&self.total));
+        if self.server.is_empty() {
+            out.push_str("  server / client share: n/a (no kernel receive timestamps)\n");
+        } else {
+            out.push_str(&format!(
+                "  server share ms: {} (send to the kernel's arrival at the receiver)\n",
+                latency_line(&self.server)
+            ));
+            out.push_str(&format!(
+                "  client share ms: {} (that arrival to parsing; {} of {} stamped)\n",
+                latency_line(&self.client),
+                self.server.len(),
+                self.total.len()
+            ));
+        }
+        out
+    }
+}
+
+/// `latency_json`, or null for an empty histogram (no timestamps).
+pub fn latency_json_opt(h: &Histogram<u64>) -> serde_json::Value {
+    if h.is_empty() {
+        serde_json::Value::Null
+    } else {
+        latency_json(h)
+    }
+}
+
+/// A target rate as printed: `max` for 0 (as fast as possible).
+pub fn rate_text(rate: f64) -> String {
+    if rate > 0.0 {
+        format!("{rate:.0}")
+    } else {
+        "max".to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +242,25 @@ mod tests {
         assert!((r.avg_ms - 2.5).abs() < 0.01, "{}", r.avg_ms);
         assert!((r.max_ms - 4.0).abs() < 0.01);
         assert!(s.markdown().contains("flow: timeout x1"));
+    }
+
+    #[test]
+    fn latency_lines_with_and_without_shares() {
+        let mut h = Hists::new();
+        h.record((3000, Some((1000, 2000))));
+        let out = h.lines("latency ms");
+        assert!(out.starts_with("latency ms: p50 3.00"), "{out}");
+        assert!(out.contains("server share ms: p50 1.000"), "{out}");
+        assert!(out.contains("client share ms: p50 2.000"), "{out}");
+        assert!(out.contains("1 of 1 stamped"), "{out}");
+        assert_eq!(latency_json_opt(&h.server)["p99"], 1.0);
+        let mut none = Hists::new();
+        none.record((3000, None));
+        assert!(none.lines("latency ms").contains("n/a"));
+        assert_eq!(latency_json_opt(&none.server), serde_json::Value::Null);
+        let mut sum = Hists::new();
+        sum.add(&h);
+        sum.add(&none);
+        assert_eq!((sum.total.len(), sum.server.len()), (2, 1));
     }
 }

@@ -9,12 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::observe::{self, Observe};
+use crate::rawws::{RawReader, now_ns, split_us};
+use crate::report::Hists;
 use crate::ws;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -50,13 +49,28 @@ pub struct SendArgs {
 }
 
 /// One publisher's result.
-#[derive(Default)]
 struct Outcome {
     sent: u64,
     receipted: u64,
     errors: BTreeMap<String, u64>,
-    hist: Option<Histogram<u64>>,
+    /// RECEIPT latency (µs): total, server's and client's shares.
+    hists: Hists,
+    /// When it stopped sending.
+    stopped: Option<Instant>,
     last_receipt: Option<Instant>,
+}
+
+impl Outcome {
+    fn new() -> Outcome {
+        Outcome {
+            sent: 0,
+            receipted: 0,
+            errors: BTreeMap::new(),
+            hists: Hists::new(),
+            stopped: None,
+            last_receipt: None,
+        }
+    }
 }
 
 pub async fn run(args: SendArgs) -> i32 {
@@ -95,10 +109,7 @@ async fn main(args: &SendArgs) -> Result<i32, String> {
             })
         })
         .collect();
-    let mut total = Outcome {
-        hist: Some(Histogram::new(3).expect("histogram")),
-        ..Outcome::default()
-    };
+    let mut total = Outcome::new();
     for t in tasks {
         let o = t.await.map_err(|e| format!("publisher: {e}"))?;
         total.sent += o.sent;
@@ -106,13 +117,20 @@ async fn main(args: &SendArgs) -> Result<i32, String> {
         for (k, v) in o.errors {
             *total.errors.entry(k).or_default() += v;
         }
-        if let (Some(h), Some(mine)) = (total.hist.as_mut(), o.hist.as_ref()) {
-            h.add(mine).expect("merge histograms");
-        }
+        total.hists.add(&o.hists);
+        total.stopped = total.stopped.max(o.stopped);
         total.last_receipt = total.last_receipt.max(o.last_receipt);
     }
     let cost = cost0.cost();
-    let hist = total.hist.take().expect("histogram");
+    let hists = &total.hists;
+    // SENDs per second while the publishers sent; receipts per second
+    // from the first SEND to the last RECEIPT.
+    let send_s = total
+        .stopped
+        .map(|t| t.duration_since(start).as_secs_f64())
+        .unwrap_or(args.duration)
+        .max(1e-9);
+    let sent_per_s = total.sent as f64 / send_s;
     let secs = total
         .last_receipt
         .map(|t| t.duration_since(start).as_secs_f64())
@@ -121,24 +139,28 @@ async fn main(args: &SendArgs) -> Result<i32, String> {
     let rate = total.receipted as f64 / secs;
     let missing = total.sent - total.receipted;
     println!(
-        "send: {} publishers, window {}, {} rooms, {} B bodies: {} sent, {} receipted in {secs:.2} s ({rate:.0}/s); missing receipts {missing}; errors {:?}",
+        "send: {} publishers, window {}, {} rooms, {} B bodies; target {} msg/s, achieved {sent_per_s:.0} msg/s ({} sent in {send_s:.2} s); {} receipted at {rate:.0}/s (first SEND to last RECEIPT, {secs:.2} s); missing receipts {missing}; errors {:?}",
         args.publishers,
         args.window,
         args.rooms,
         args.body_size,
+        crate::report::rate_text(args.rate),
         total.sent,
         total.receipted,
         total.errors
     );
-    println!("receipt latency ms: {}", crate::report::latency_line(&hist));
+    print!("{}", hists.lines("receipt latency ms"));
     println!("{}", cost.line());
     let doc = serde_json::json!({
         "scenario": "send", "label": args.observe.label, "url": args.endpoint.url,
         "publishers": args.publishers, "window": args.window, "rooms": args.rooms,
-        "rate": args.rate, "body_size": args.body_size, "duration_s": args.duration,
-        "sent": total.sent, "receipted": total.receipted, "missing_receipts": missing,
+        "rate": args.rate, "target_rate": args.rate, "body_size": args.body_size, "duration_s": args.duration,
+        "sent": total.sent, "send_s": send_s, "sent_per_s": sent_per_s,
+        "receipted": total.receipted, "receipt_s": secs, "missing_receipts": missing,
         "errors": total.errors, "receipts_per_s": rate,
-        "latency_ms": crate::report::latency_json(&hist),
+        "latency_ms": crate::report::latency_json(&hists.total),
+        "server_latency_ms": crate::report::latency_json_opt(&hists.server),
+        "client_latency_ms": crate::report::latency_json_opt(&hists.client),
         "cost": cost,
     });
     observe::write_json(&args.observe, &doc)?;
@@ -160,9 +182,12 @@ async fn publisher(
     end: Instant,
     rate: f64,
 ) -> Outcome {
-    let (mut tx, mut rx) = s.split();
+    // Nothing is buffered in tungstenite after CONNECTED: the socket moves
+    // to the raw reader (kernel receive timestamps) and writer.
+    let (mut rx, mut tx) = RawReader::split(s.into_inner());
     let window = Arc::new(Semaphore::new(args.window.max(1)));
-    let pending: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    // Receipt id -> send time (ns, CLOCK_REALTIME, as the kernel stamps).
+    let pending: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
     let done = Arc::new(tokio::sync::Notify::new());
 
     // Reader: match RECEIPTs to their SENDs.
@@ -171,16 +196,11 @@ async fn publisher(
         let pending = pending.clone();
         let done = done.clone();
         tokio::spawn(async move {
-            let mut o = Outcome {
-                hist: Some(Histogram::new(3).expect("histogram")),
-                ..Outcome::default()
-            };
-            while let Some(m) = rx.next().await {
-                let data: &[u8] = match &m {
-                    Ok(Message::Text(t)) => t.as_bytes(),
-                    Ok(Message::Binary(b)) => b,
-                    Ok(Message::Close(_)) => break,
-                    Ok(_) => continue,
+            let mut o = Outcome::new();
+            loop {
+                let (data, rx_ns) = match rx.next_stamped().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
                     Err(e) => {
                         *o.errors.entry(ws::short(&e.to_string())).or_default() += 1;
                         break;
@@ -194,14 +214,9 @@ async fn publisher(
                 let Some(sent_at) = pending.lock().expect("pending").remove(&id) else {
                     continue;
                 };
-                let now = Instant::now();
-                let _ = o
-                    .hist
-                    .as_mut()
-                    .expect("histogram")
-                    .record((now.duration_since(sent_at).as_micros() as u64).max(1));
+                o.hists.record(split_us(sent_at, rx_ns, now_ns()));
                 o.receipted += 1;
-                o.last_receipt = Some(now);
+                o.last_receipt = Some(Instant::now());
                 window.add_permits(1);
                 if pending.lock().expect("pending").is_empty() {
                     done.notify_one();
@@ -228,11 +243,8 @@ async fn publisher(
             "SEND\ndestination:/topic/send{run}-{room}\nreceipt:{sent}\ncontent-length:{}\n\n{body}\0",
             body.len()
         );
-        pending
-            .lock()
-            .expect("pending")
-            .insert(sent, Instant::now());
-        if let Err(e) = tx.send(Message::text(frame)).await {
+        pending.lock().expect("pending").insert(sent, now_ns());
+        if let Err(e) = tx.send_text(frame.as_bytes()).await {
             write_error = Some(ws::short(&e.to_string()));
             sent -= 1;
             break;
@@ -242,6 +254,7 @@ async fn publisher(
             tokio::time::sleep_until(due.into()).await;
         }
     }
+    let stopped = Instant::now();
     // Wait for the last receipts (or the drain limit).
     let drain = Duration::from_secs_f64(args.drain);
     let _ = tokio::time::timeout(drain, async {
@@ -253,9 +266,10 @@ async fn publisher(
     let _ = tx.close().await;
     let mut o = match tokio::time::timeout(Duration::from_secs(5), reader).await {
         Ok(Ok(o)) => o,
-        _ => Outcome::default(),
+        _ => Outcome::new(),
     };
     o.sent = sent;
+    o.stopped = Some(stopped);
     if let Some(e) = write_error {
         *o.errors.entry(format!("write: {e}")).or_default() += 1;
     }
