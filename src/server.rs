@@ -336,6 +336,7 @@ pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> 
             ShardHandle {
                 tx,
                 bell: m.ringer(),
+                alive: Arc::default(),
             }
         })
         .collect();
@@ -345,6 +346,7 @@ pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> 
     } else {
         (None, None)
     };
+    crate::shard::watchdog::spawn(shard_handles.iter().map(|h| h.alive.clone()).collect())?;
     let mut handles = Vec::with_capacity(cfg.shards);
     let mut stomp = listeners.stomp.into_iter();
     for ((id, mesh), (inbox, http)) in meshes

@@ -413,6 +413,7 @@ mod tests {
         let handles: Arc<[ShardHandle]> = vec![ShardHandle {
             tx: inbox,
             bell: mesh[0].ringer(),
+            alive: Arc::default(),
         }]
         .into();
         let link = StoreLink {

@@ -34,6 +34,7 @@ mod peers;
 mod rooms;
 mod sweep;
 mod task;
+pub(crate) mod watchdog;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -121,6 +122,8 @@ pub(crate) struct ShardSetup {
 pub(crate) struct Shard {
     id: usize,
     nshards: usize,
+    /// Beaten by the sweeper, watched by the watchdog.
+    alive: Arc<watchdog::Liveness>,
     cfg: Config,
     frame_limits: Limits,
     session_limits: SessionLimits,
@@ -154,6 +157,7 @@ impl Shard {
         Shard {
             id,
             nshards,
+            alive: handles[id].alive.clone(),
             frame_limits: Limits {
                 max_frame_size: cfg.max_frame_size,
                 max_headers: cfg.max_headers,
@@ -203,6 +207,7 @@ impl Shard {
     ) {
         let bell = setup.mesh.take_bell_fd();
         let shard = Rc::new(Shard::new(setup));
+        shard.alive.started();
         // The doorbell also carries the writer's, the readers' and main's
         // messages, so it is read even with a single shard.
         glommio::spawn_local(shard.clone().receive(bell)).detach();

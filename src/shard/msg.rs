@@ -201,6 +201,8 @@ pub(crate) enum External {
 pub(crate) struct ShardHandle {
     pub tx: Sender<External>,
     pub bell: Ringer,
+    /// What the watchdog watches (`watchdog.rs`).
+    pub alive: std::sync::Arc<super::watchdog::Liveness>,
 }
 
 impl ShardHandle {

@@ -80,9 +80,15 @@ impl Peers {
             if q.borrow().len() >= self.max_queue {
                 congested = true;
             }
-            if self.outbox_bytes[to].get() + self.mesh.inflight(to) >= self.max_bytes {
+            let queued = self.outbox_bytes[to].get();
+            if queued + self.mesh.inflight(to) >= self.max_bytes {
                 self.mesh.want_space(to);
-                congested = true;
+                // Look again after asking: the peer may have handled our
+                // batches, and looked at the flag, in between (it would
+                // never ring).
+                if queued + self.mesh.inflight(to) >= self.max_bytes {
+                    congested = true;
+                }
             }
         }
         congested

@@ -41,6 +41,7 @@ pub(super) async fn sweep(shard: Rc<Shard>) {
     let tick = sweep_tick(&shard.cfg);
     loop {
         glommio::timer::sleep(tick).await;
+        shard.alive.beat();
         let now = Instant::now();
         shard.conns.for_each(|conn, c| {
             if check(c, now, tick, connect_timeout) {
