@@ -16,6 +16,11 @@ if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core >/dev/null 2>&1 \
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core >/dev/null; }
 fi
+# The stall hunt (scripts/stress-stall.py) watches socket counters with `ss`.
+if ! command -v ss >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null; }
+fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
