@@ -284,14 +284,12 @@ fn start_store(
     let finish_on_writer = {
         let writer = writer.clone();
         move || {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let job = Box::new(move |conn: &mut rusqlite::Connection| {
+            writer::run_after(&writer, |conn| {
                 if let Err(e) = crate::store::checkpoint::pass(conn) {
                     tracing::warn!("checkpoint on the writer: {e}");
                 }
-                let _ = tx.send(());
-            });
-            writer.send(writer::Item::After(job)).is_ok() && rx.recv().is_ok()
+            })
+            .is_some()
         }
     };
     crate::store::checkpoint::spawn(

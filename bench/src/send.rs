@@ -125,17 +125,14 @@ async fn main(args: &SendArgs) -> Result<i32, String> {
     let hists = &total.hists;
     // SENDs per second while the publishers sent; receipts per second
     // from the first SEND to the last RECEIPT.
-    let send_s = total
-        .stopped
-        .map(|t| t.duration_since(start).as_secs_f64())
-        .unwrap_or(args.duration)
-        .max(1e-9);
+    let since_start = |t: Option<Instant>| {
+        t.map(|t| t.duration_since(start).as_secs_f64())
+            .unwrap_or(args.duration)
+            .max(1e-9)
+    };
+    let send_s = since_start(total.stopped);
     let sent_per_s = total.sent as f64 / send_s;
-    let secs = total
-        .last_receipt
-        .map(|t| t.duration_since(start).as_secs_f64())
-        .unwrap_or(args.duration)
-        .max(1e-9);
+    let secs = since_start(total.last_receipt);
     let rate = total.receipted as f64 / secs;
     let missing = total.sent - total.receipted;
     println!(

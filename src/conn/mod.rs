@@ -92,6 +92,14 @@ pub(crate) struct Used {
     pub sub_changes: u32,
 }
 
+impl Used {
+    /// Whether the read did any of it (each also queues work for a peer
+    /// shard or the store).
+    pub fn any(&self) -> bool {
+        self.published > 0 || self.sub_changes > 0
+    }
+}
+
 /// One client connection.
 pub(crate) struct Conn {
     token: ConnToken,

@@ -798,12 +798,11 @@ struct ConnBroker<'a> {
     /// broker only clones the handle, never borrows it).
     me: &'a ConnRef,
     token: ConnToken,
-    /// What it used of the connection's rates.
+    /// What it used of the connection's rates: publishes and
+    /// subscription changes, which are also all the work it queues for a
+    /// peer shard or the store (a read that queued none needs no pause
+    /// when those queues are full).
     used: Cell<Used>,
-    /// Whether it queued work for a peer shard or the store: publishes,
-    /// subscription changes (interest, replay reads). A read that queued
-    /// none needs no pause when those queues are full.
-    queued: Cell<bool>,
 }
 
 impl<'a> ConnBroker<'a> {
@@ -813,16 +812,14 @@ impl<'a> ConnBroker<'a> {
             me,
             token,
             used: Cell::new(Used::default()),
-            queued: Cell::new(false),
         }
     }
 
-    /// Record a use of the connection's rates; each also queues work.
+    /// Record a use of the connection's rates.
     fn count(&self, f: impl FnOnce(&mut Used)) {
         let mut used = self.used.get();
         f(&mut used);
         self.used.set(used);
-        self.queued.set(true);
     }
 }
 

@@ -2,8 +2,7 @@
 //! the connection's protocol layers, act on what they hand back (HTTP
 //! requests, WebSocket upgrades that move the connection to another
 //! shard), pause it while it is over its rates or adds to the shard's full
-//! queues, and forget it when
-//! it ends.
+//! queues, and forget it when it ends.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -99,10 +98,17 @@ impl Shard {
         let token = c.token();
         let broker = ConnBroker::new(self, conn, token);
         let next = self.act(&mut c, &broker, data);
-        let throttle = c.charge(&self.rates, broker.used.get(), Instant::now());
+        let used = broker.used.get();
+        // A read that used nothing leaves the rates as they are (and it
+        // was read, so the connection was not throttled): no clock read.
+        let throttle = if used.any() {
+            c.charge(&self.rates, used, Instant::now())
+        } else {
+            None
+        };
         AfterRead {
             next,
-            queued: broker.queued.get(),
+            queued: used.any(),
             throttle,
         }
     }

@@ -15,7 +15,7 @@ use crossbeam_channel::Sender;
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{error, info};
 
-use super::writer::Item;
+use super::writer::{Item, run_after};
 
 /// Most rows one retention transaction deletes.
 pub const CHUNK_ROWS: u64 = 10_000;
@@ -56,27 +56,20 @@ pub fn pass<T: Send + 'static>(writer: &Sender<Item<T>>, policy: Policy, now_ms:
     let mut cursor = String::new();
     let mut total = 0;
     loop {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let from = cursor.clone();
-        let job = Box::new(move |conn: &mut Connection| {
-            let _ = tx.send(chunk(conn, policy, &from, now_ms));
-        });
-        if writer.send(Item::After(job)).is_err() {
-            return false;
-        }
-        match rx.recv() {
-            Ok(Ok((deleted, next))) => {
+        match run_after(writer, move |conn| chunk(conn, policy, &from, now_ms)) {
+            Some(Ok((deleted, next))) => {
                 total += deleted;
                 match next {
                     Some(next) => cursor = next,
                     None => break,
                 }
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 error!("retention: {e}");
                 break;
             }
-            Err(_) => return false,
+            None => return false,
         }
     }
     if total > 0 {

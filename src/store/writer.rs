@@ -71,6 +71,24 @@ pub struct Stats {
     pub largest_batch: usize,
 }
 
+/// Run `f` on the writer's thread once everything queued before it is
+/// committed, and wait for its result (plain threads only, never a shard).
+/// `None`: the writer is gone.
+pub fn run_after<T, R>(
+    writer: &Sender<Item<T>>,
+    f: impl FnOnce(&mut Connection) -> R + Send + 'static,
+) -> Option<R>
+where
+    R: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let job: AfterJob = Box::new(move |conn| {
+        let _ = tx.send(f(conn));
+    });
+    writer.send(Item::After(job)).ok()?;
+    rx.recv().ok()
+}
+
 /// Start the writer on its own thread. It ends (returning its stats) when
 /// every `Sender` is dropped and the queue is drained: all that was queued
 /// is committed first, which is what a graceful shutdown needs.
