@@ -6,13 +6,20 @@ the three runs meets it.
     scripts/bench-tail.py                      # every case, 3 runs each (~12 min)
     scripts/bench-tail.py --cases send-after-max --runs 1
     scripts/bench-tail.py --bin-b OTHER_BINARY # A/B: each run on A, then on B
+    scripts/bench-tail.py --cases '' --sweep --runs 3   # latency vs rate (~25 min)
+
+--sweep adds the fan-out shapes at rising rates (the highest rate that
+meets each target) and the floor: one loopback send(2) with nothing of
+stampede in the way (bench/floor/sendcost.c, built with the system's cc).
+Publishers are paced evenly (see bench/src/pace.rs).
 
 Server: `stampede --shards 1 --listen 127.0.0.1:0 --stomp-listen off
 --data-dir <fresh>` (defaults, durability full), pinned to core 0; the
 generator (`stampede-bench`) pinned to core 1. Capacity runs: the publish
 rate limit is off (`STAMPEDE_MAX_PUBLISH_RATE=0`). Writes
 bench/results/<date>-tail/ (or --out): json/<case>-<side>-r<run>.json,
-run.log and summary.md. Loopback only; every process is stopped on exit.
+run.log, summary.md and latency.png (server p50/p99 against the rate
+achieved, worst run per rate). Loopback only; every process is stopped on exit.
 """
 import argparse
 import datetime
@@ -38,20 +45,41 @@ SEND_MAX = ["send", "--publishers", "4", "--window", "8192", "--rate", "0", "--d
 CASES = {
     "fanout-10k": ("fan-out 10 rooms x 100 members, 100 msg/s (10 k deliveries/s)",
                    [FANOUT + ["--rooms", "10", "--members", "100", "--publishers", "4", "--rate", "100"]],
-                   [("p99", ("latency_ms", "p99"), 2.0)]),
+                   [("server p99", ("server_latency_ms", "p99"), 2.0)]),
     "fanout-100k": ("fan-out 10 rooms x 100 members, 1,000 msg/s (100 k deliveries/s)",
                     [FANOUT + ["--rooms", "10", "--members", "100", "--publishers", "4", "--rate", "1000"]],
-                    [("p99", ("latency_ms", "p99"), 5.0)]),
+                    [("server p99", ("server_latency_ms", "p99"), 5.0)]),
     "fanout-400k": ("fan-out 1 room x 2,000 members, 200 msg/s (400 k deliveries/s)",
                     [FANOUT + ["--rooms", "1", "--members", "2000", "--publishers", "1", "--rate", "200"]],
-                    [("p99", ("latency_ms", "p99"), 20.0)]),
+                    [("server p99", ("server_latency_ms", "p99"), 20.0)]),
     "send-5k": ("SEND->RECEIPT, 10 connections, 5,000 msg/s for 60 s, durability full",
                 [SEND_5K],
-                [("p99", ("latency_ms", "p99"), 5.0), ("max", ("latency_ms", "max"), 50.0)]),
+                [("server p99", ("server_latency_ms", "p99"), 5.0), ("server max", ("server_latency_ms", "max"), 50.0)]),
     "send-after-max": ("the same, right after a 10 s max-rate send run (window 8192) on the same server",
                        [SEND_MAX, SEND_5K],
-                       [("p99", ("latency_ms", "p99"), 5.0), ("max", ("latency_ms", "max"), 50.0)]),
+                       [("server p99", ("server_latency_ms", "p99"), 5.0), ("server max", ("server_latency_ms", "max"), 50.0)]),
 }
+
+# --sweep: the fan-out shapes at rising rates (deliveries/s), each against
+# the target of its shape (the 10 k/s target up to 10 k/s), to find the
+# highest rate that meets it and to draw latency against rate.
+SWEEP = {}
+for deliveries in (10_000, 25_000, 50_000, 75_000, 100_000, 150_000):
+    SWEEP[f"sweep-10x100-{deliveries // 1000}k"] = (
+        f"fan-out 10 rooms x 100 members, {deliveries // 100:,} msg/s ({deliveries // 1000} k deliveries/s)",
+        [FANOUT + ["--rooms", "10", "--members", "100", "--publishers", "4", "--rate", str(deliveries // 100)]],
+        [("server p99", ("server_latency_ms", "p99"), 2.0 if deliveries <= 10_000 else 5.0)])
+for deliveries in (100_000, 200_000, 300_000, 400_000):
+    SWEEP[f"sweep-1x2000-{deliveries // 1000}k"] = (
+        f"fan-out 1 room x 2,000 members, {deliveries // 2000:,} msg/s ({deliveries // 1000} k deliveries/s)",
+        [FANOUT + ["--rooms", "1", "--members", "2000", "--publishers", "1", "--rate", str(deliveries // 2000)]],
+        [("server p99", ("server_latency_ms", "p99"), 20.0)])
+ALL = {**CASES, **SWEEP}
+
+# The floor under the fan-out figures: one loopback send(2) of a 300-byte
+# message with nothing of stampede in the way (bench/floor/sendcost.c):
+# (connections, sends/s; 0 = flat out).
+FLOOR = [(1000, 10_000), (1000, 100_000), (1000, 0), (2000, 0)]
 
 PROCS = []
 
@@ -107,7 +135,7 @@ def wal_bytes(data):
 
 
 def run_case(name, side, binary, bench, r, out, logf):
-    what, steps, _ = CASES[name]
+    what, steps, _ = ALL[name]
     data = tempfile.mkdtemp(prefix="stampede-tail.")
     try:
         srv, port = start_server(binary, data, logf)
@@ -116,7 +144,7 @@ def run_case(name, side, binary, bench, r, out, logf):
             last = i == len(steps) - 1
             js = os.path.join(out, "json", f"{name}-{side}-r{r}" + ("" if last else f"-warm{i}") + ".json")
             cmd = ["taskset", "-c", "1", bench] + step + ["--url", f"ws://127.0.0.1:{port}/ws",
-                                                         "--server-pid", str(srv.pid), "--label", f"{name}-{side}",
+                                                         "--server-pid", str(srv.pid), "--label", side,
                                                          "--json", js]
             log(f"{name} {side} r{r}: {' '.join(cmd[3:])}", logf)
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -153,9 +181,34 @@ def fmt(v):
     return f"{v:,}"
 
 
+def floor(out, logf):
+    """Compile and run bench/floor/sendcost.c; its JSON lines, or [] without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        log("floor: no C compiler; skipped", logf)
+        return []
+    tmp = tempfile.mkdtemp(prefix="stampede-floor.")
+    exe = os.path.join(tmp, "sendcost")
+    subprocess.run([cc, "-O2", "-o", exe, os.path.join(ROOT, "bench/floor/sendcost.c")], check=True)
+    rows = []
+    for conns, rate in FLOOR:
+        res = subprocess.run([exe, str(conns), str(rate), "5"], capture_output=True, text=True, timeout=60)
+        log(f"floor {conns} conns, rate {rate or 'max'}: {res.stdout.strip()}", logf)
+        try:
+            rows.append(json.loads(res.stdout))
+        except ValueError:
+            pass
+    shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(out, "floor.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated (default all: %(default)s)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also the rate sweep (sweep-10x100-*, sweep-1x2000-*) and the send(2) floor")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--bin", default=os.environ.get("STAMPEDE_BIN", os.path.join(ROOT, "target/release/stampede")))
     ap.add_argument("--bin-b", default=None, help="a second server binary: each run on A, then on B")
@@ -165,10 +218,10 @@ def main():
     args = ap.parse_args()
     signal.signal(signal.SIGINT, cleanup)
     signal.signal(signal.SIGTERM, cleanup)
-    cases = [c for c in args.cases.split(",") if c]
+    cases = [c for c in args.cases.split(",") if c] + (list(SWEEP) if args.sweep else [])
     for c in cases:
-        if c not in CASES:
-            sys.exit(f"unknown case {c}; known: {', '.join(CASES)}")
+        if c not in ALL:
+            sys.exit(f"unknown case {c}; known: {', '.join(ALL)}")
     date = datetime.datetime.utcnow().strftime("%Y-%m-%d")
     out = args.out or os.path.join(ROOT, "bench/results", f"{date}-tail")
     os.makedirs(os.path.join(out, "json"), exist_ok=True)
@@ -176,6 +229,7 @@ def main():
     results = {}
     t0 = time.time()
     with open(os.path.join(out, "run.log"), "a") as logf:
+        floor_rows = floor(out, logf) if args.sweep else []
         for c in cases:
             for r in range(1, args.runs + 1):
                 order = sides if r % 2 else list(reversed(sides))
@@ -189,14 +243,14 @@ def main():
     for side, binary in sides:
         md.append(f"- {side}: `{binary}`")
     md.append("")
-    md.append("A target is met when the worst of the runs meets it. *server* = the publisher's send time to the "
-              "kernel's arrival timestamp at the receiving socket (the generator's own scheduling and parsing "
-              "excluded), where the generator reports it.")
+    md.append("A target is met when the worst of the runs meets it, judged on the *server* share: the "
+              "publisher's send time to the kernel's arrival timestamp at the receiving socket (the generator's "
+              "own scheduling and parsing excluded). Totals are shown beside it.")
     md.append("")
     md.append("| case | side | target | runs (total p99 / server p99 / max ms) | achieved rate | worst | met |")
     md.append("|---|---|---|---|---|---|---|")
     for c in cases:
-        what, _, targets = CASES[c]
+        what, _, targets = ALL[c]
         for side, _ in sides:
             runs = results.get((c, side), [])
             cells = []
@@ -211,6 +265,22 @@ def main():
                 met = worst is not None and worst <= bound and None not in vals
                 md.append(f"| {what} | {side} | {fig} ≤ {bound} ms | {'; '.join(cells)} | {rate_s} | "
                           f"{fmt(worst)} | {'yes' if met else '**no**'} |")
+    if floor_rows:
+        md += ["", "## The floor: one loopback send(2), nothing of stampede in the way", "",
+               "`bench/floor/sendcost.c` (300-byte messages, one send each, round-robin over the connections, "
+               "receiver on core 1, sender on core 0):", "",
+               "| connections | target sends/s | achieved sends/s | sender CPU % | µs CPU per send |",
+               "|---|---|---|---|---|"]
+        for r in floor_rows:
+            md.append(f"| {r['conns']:,} | {fmt(r['target_rate']) if r['target_rate'] else 'max'} | "
+                      f"{fmt(r['sends_per_s'])} | {r['sender_cpu_pct']:.0f} | {r['us_per_send']:.2f} |")
+    # Latency against rate: every paced fan-out and send run in json/.
+    res = subprocess.run([args.bench, "report", "--dir", os.path.join(out, "json"), "--plots", out],
+                         capture_output=True, text=True)
+    if res.returncode == 0 and os.path.exists(os.path.join(out, "latency.png")):
+        md += ["", "![server latency vs rate](latency.png)"]
+    else:
+        log(f"report: {res.stderr.strip()[-500:]}")
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

@@ -554,6 +554,10 @@ def one_run(n, shape, args, out_dir, tmp_root):
             text = f.read()
         rec["watchdog_wakes"] = text.count(b"woke its executor")
         rec["busy_500ms"] = text.count(b"without its sweeper running")
+        # (ms run, ms waited for a CPU) in the last 100 ms of each busy spell.
+        rec["busy_cpu_ms"] = [[int(a), int(b)] for a, b in
+                              re.findall(rb"ran_ms=(\d+) waited_for_cpu_ms=(\d+)",
+                                         re.sub(rb"\x1b\[[0-9;]*m", b"", text))]
     except OSError:
         pass
     if rec["outcome"] != "ok":

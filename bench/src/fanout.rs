@@ -274,11 +274,6 @@ async fn publish(args: &FanoutArgs, bar: &Bar) -> Result<(Vec<u64>, Vec<String>)
     let (addr, _) = ws::resolve(&args.endpoint.url, 0)?;
     let run_id = run_id(args);
     let publishers = args.publishers.clamp(1, args.rooms.max(1));
-    let per_pub_rate = if args.rate > 0.0 {
-        args.rate / publishers as f64
-    } else {
-        0.0
-    };
     // Open every publisher (and its probe) first, so they start together.
     // Publisher p feeds the rooms r with r % publishers == p; its probe is
     // one more member of those rooms, whose lag holds the publisher back.
@@ -297,7 +292,8 @@ async fn publish(args: &FanoutArgs, bar: &Bar) -> Result<(Vec<u64>, Vec<String>)
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.duration);
     let mut tasks = Vec::new();
-    for (mine, dests, mut s, probe) in sessions {
+    for (p, (mine, dests, mut s, probe)) in sessions.into_iter().enumerate() {
+        let pace = crate::pace::Pace::new(start, p, publishers, args.rate);
         let body_size = args.body_size;
         let window = (args.window * mine.len()) as u64;
         tasks.push(tokio::spawn(async move {
@@ -318,6 +314,12 @@ async fn publish(args: &FanoutArgs, bar: &Bar) -> Result<(Vec<u64>, Vec<String>)
                     }
                     continue;
                 }
+                if let Some(pace) = pace {
+                    pace.wait(n).await;
+                    if Instant::now() >= end {
+                        break;
+                    }
+                }
                 let k = (n as usize) % mine.len();
                 seqs[k] += 1;
                 body.clear();
@@ -333,12 +335,10 @@ async fn publish(args: &FanoutArgs, bar: &Bar) -> Result<(Vec<u64>, Vec<String>)
                     body
                 );
                 n += 1;
-                if per_pub_rate > 0.0 {
+                if pace.is_some() {
                     s.send(Message::text(frame))
                         .await
                         .map_err(|e| e.to_string())?;
-                    let due = start + Duration::from_secs_f64(n as f64 / per_pub_rate);
-                    tokio::time::sleep_until(due.into()).await;
                 } else {
                     // As fast as we can: batch writes, flush every 64.
                     s.feed(Message::text(frame))

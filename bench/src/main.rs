@@ -12,6 +12,7 @@
 mod fanout;
 mod hold;
 mod observe;
+mod pace;
 mod plot;
 mod rawws;
 mod report;

@@ -258,6 +258,21 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
         fanout_plot(&path, &fanouts).map_err(|e| format!("fanout.png: {e}"))?;
         pngs.push("fanout.png");
     }
+    let paced = |d: &&Value| d["failed"].is_null() && f(&d["rate"]) > 0.0;
+    if fanouts
+        .iter()
+        .chain(by("send").collect::<Vec<_>>().iter())
+        .any(paced)
+    {
+        let path = out.join("latency.png");
+        let runs: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["scenario"] == "fanout" || d["scenario"] == "send")
+            .filter(paced)
+            .collect();
+        latency_plot(&path, &runs).map_err(|e| format!("latency.png: {e}"))?;
+        pngs.push("latency.png");
+    }
     if !pngs.is_empty() {
         md.push_str("\n### plots\n\n");
         for p in pngs {
@@ -366,7 +381,7 @@ where
 {
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let dashed = name.contains("all at once");
+        let dashed = name.contains("all at once") || name.ends_with(" p50");
         let mut pts = pts.clone();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let style = color.stroke_width(if dashed { 1 } else { 3 });
@@ -385,6 +400,91 @@ where
         .position(SeriesLabelPosition::UpperLeft)
         .draw()?;
     Ok(())
+}
+
+/// Server-side latency against the rate achieved, for runs at a set rate:
+/// one series per target and shape (fan-out rooms x members, SEND→RECEIPT),
+/// p99 thick and p50 thin, each point the *worst* of the runs at that
+/// target rate (a target counts as met when its worst run meets it).
+fn latency_plot(path: &Path, runs: &[&Value]) -> PlotResult {
+    let series = latency_series(runs);
+    let xs = series.values().flatten().map(|p| p.0);
+    let (x0, x1) = (
+        xs.clone().fold(f64::MAX, f64::min).max(1.0) * 0.7,
+        xs.fold(1.0, f64::max) * 1.4,
+    );
+    let ys = series.values().flatten().map(|p| p.1);
+    let ymax = ys.clone().fold(0.0, f64::max);
+    let ymin = ys.filter(|&y| y > 0.0).fold(f64::MAX, f64::min).min(1.0) * 0.5;
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "server latency vs rate (worst run per rate; ms, log scale)",
+            ("sans-serif", 24),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (x0..x1).log_scale(),
+            (ymin.max(0.01)..(ymax * 2.0).max(1.0)).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("deliveries/s (fan-out), receipts/s (SEND→RECEIPT)")
+        .y_desc("ms")
+        .draw()?;
+    draw_series(&mut chart, &series)?;
+    root.present()?;
+    Ok(())
+}
+
+/// The points of `latency_plot`: series name -> (mean achieved rate, worst
+/// latency of the runs at one target rate).
+fn latency_series(runs: &[&Value]) -> BTreeMap<String, Vec<(f64, f64)>> {
+    // (series, target rate) -> (achieved rates, worst p50, worst p99)
+    let mut points: BTreeMap<(String, u64), (Vec<f64>, f64, f64)> = BTreeMap::new();
+    for d in runs {
+        let label = d["label"].as_str().unwrap_or("");
+        let (shape, achieved) = if d["scenario"] == "send" {
+            ("SEND→RECEIPT".to_string(), f(&d["receipts_per_s"]))
+        } else {
+            (
+                format!("fan-out {}x{}", d["rooms"], d["members"]),
+                f(&d["deliveries_per_s"]),
+            )
+        };
+        // The server's share where the generator measured it.
+        let lat = if d["server_latency_ms"].is_object() {
+            &d["server_latency_ms"]
+        } else {
+            &d["latency_ms"]
+        };
+        let (p50, p99) = (f(&lat["p50"]), f(&lat["p99"]));
+        if !(achieved.is_finite() && p50.is_finite() && p99.is_finite()) {
+            continue;
+        }
+        let e = points
+            .entry((format!("{label} {shape}"), f(&d["rate"]) as u64))
+            .or_insert((Vec::new(), 0.0, 0.0));
+        e.0.push(achieved);
+        e.1 = e.1.max(p50);
+        e.2 = e.2.max(p99);
+    }
+    let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for ((name, _), (rates, p50, p99)) in &points {
+        let x = rates.iter().sum::<f64>() / rates.len() as f64;
+        series
+            .entry(format!("{name} p99"))
+            .or_default()
+            .push((x, *p99));
+        series
+            .entry(format!("{name} p50"))
+            .or_default()
+            .push((x, *p50));
+    }
+    series
 }
 
 fn fanout_plot(path: &Path, fanouts: &[&Value]) -> PlotResult {
@@ -527,10 +627,36 @@ mod tests {
             "storm-p99.png",
             "storm-errors.png",
             "fanout.png",
+            "latency.png",
         ] {
             let bytes = std::fs::read(dir.join(png)).unwrap();
             assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5000, "{png}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn latency_points_are_the_worst_run_per_rate() {
+        let run = |rate: f64, achieved: f64, p99: f64| {
+            serde_json::json!({"scenario": "fanout", "label": "A", "rooms": 10, "members": 100,
+                "rate": rate, "deliveries_per_s": achieved,
+                "latency_ms": {"p50": 9.0, "p99": 99.0},
+                "server_latency_ms": {"p50": p99 / 2.0, "p99": p99}})
+        };
+        let runs = [
+            run(100.0, 9_000.0, 1.0),
+            run(100.0, 11_000.0, 3.0),
+            run(1000.0, 100_000.0, 5.0),
+        ];
+        let refs: Vec<&serde_json::Value> = runs.iter().collect();
+        let s = super::latency_series(&refs);
+        assert_eq!(
+            s["A fan-out 10x100 p99"],
+            vec![(10_000.0, 3.0), (100_000.0, 5.0)]
+        );
+        assert_eq!(
+            s["A fan-out 10x100 p50"],
+            vec![(10_000.0, 1.5), (100_000.0, 2.5)]
+        );
     }
 }

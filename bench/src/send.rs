@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::observe::{self, Observe};
+use crate::pace::Pace;
 use crate::rawws::{RawReader, now_ns, split_us};
 use crate::report::Hists;
 use crate::ws;
@@ -96,7 +97,7 @@ async fn main(args: &SendArgs) -> Result<i32, String> {
     let cost0 = observe::Start::now(args.observe.server_pid);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.duration);
-    let per_pub_rate = args.rate / sessions.len() as f64;
+    let publishers = sessions.len();
     let body: String = "b".repeat(args.body_size);
     let tasks: Vec<_> = sessions
         .into_iter()
@@ -105,7 +106,16 @@ async fn main(args: &SendArgs) -> Result<i32, String> {
             let args = args.clone();
             let body = body.clone();
             tokio::spawn(async move {
-                publisher(p, s, &args, run, &body, start, end, per_pub_rate).await
+                publisher(
+                    p,
+                    s,
+                    &args,
+                    run,
+                    &body,
+                    end,
+                    Pace::new(start, p, publishers, args.rate),
+                )
+                .await
             })
         })
         .collect();
@@ -175,9 +185,8 @@ async fn publisher(
     args: &SendArgs,
     run: u32,
     body: &str,
-    start: Instant,
     end: Instant,
-    rate: f64,
+    pace: Option<Pace>,
 ) -> Outcome {
     // Nothing is buffered in tungstenite after CONNECTED: the socket moves
     // to the raw reader (kernel receive timestamps) and writer.
@@ -234,6 +243,12 @@ async fn publisher(
             break;
         };
         permit.forget();
+        if let Some(pace) = pace {
+            pace.wait(sent).await;
+            if Instant::now() >= end {
+                break;
+            }
+        }
         sent += 1;
         let room = (sent as usize + p) % args.rooms.max(1);
         let frame = format!(
@@ -245,10 +260,6 @@ async fn publisher(
             write_error = Some(ws::short(&e.to_string()));
             sent -= 1;
             break;
-        }
-        if rate > 0.0 {
-            let due = start + Duration::from_secs_f64(sent as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
         }
     }
     let stopped = Instant::now();

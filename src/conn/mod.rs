@@ -17,7 +17,7 @@ mod sock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-pub(crate) use io::{READ_PAUSE_OUTBOUND, with_scratch};
+pub(crate) use io::{READ_PAUSE_OUTBOUND, SCRATCH_SIZE, with_scratch};
 pub(crate) use sock::Sock;
 
 use crate::out::Out;

@@ -227,14 +227,28 @@ impl MeshEnd {
             .store(false, Ordering::SeqCst);
     }
 
-    /// Take every batch queued for us, in order per peer, while `more()`
-    /// says so (checked before each batch); ring the bell of any peer that
-    /// waits for space in its queue to us.
-    pub fn drain(&self, mut f: impl FnMut(usize, Vec<ShardMsg>), more: impl Fn() -> bool) {
+    /// Take the batches queued for us, in order per peer, at most
+    /// `per_peer` from each and while `more()` says so (checked before each
+    /// batch); ring the bell of any peer that waits for space in its queue
+    /// to us. True when some peer's queue was left at `per_peer` (it may
+    /// hold more: come back).
+    pub fn drain(
+        &self,
+        mut f: impl FnMut(usize, Vec<ShardMsg>),
+        more: impl Fn() -> bool,
+        per_peer: usize,
+    ) -> bool {
+        let mut left = false;
         for (from, rx) in self.rx.iter().enumerate() {
             let Some(rx) = rx else { continue };
+            let mut taken = 0;
             while more() {
+                if taken == per_peer {
+                    left = true;
+                    break;
+                }
                 let Ok(batch) = rx.try_recv() else { break };
+                taken += 1;
                 f(from, batch.msgs);
                 self.bells.inflight[from * self.n + self.id]
                     .fetch_sub(batch.bytes, Ordering::SeqCst);
@@ -243,6 +257,12 @@ impl MeshEnd {
                 self.ring(from);
             }
         }
+        left
+    }
+
+    /// Ring our own bell: the receive task comes back for what it left.
+    pub fn ring_self(&self) {
+        self.ring(self.id);
     }
 
     fn ring(&self, to: usize) {
@@ -296,13 +316,24 @@ mod tests {
         );
         ends[1].clear_bell();
         let mut got = 0;
-        ends[1].drain(
+        let left = ends[1].drain(
             |from, _| {
                 assert_eq!(from, 0);
                 got += 1;
             },
             || true,
+            1,
         );
+        assert_eq!(got, 1, "at most one batch per peer this turn");
+        assert!(left, "and it says one may be left");
+        assert_eq!(ends[0].inflight(1), 20, "the second is still in flight");
+        let left = ends[1].drain(|_, _| got += 1, || true, 1);
+        assert_eq!(got, 2);
+        assert!(
+            left,
+            "at the limit again: it cannot know the queue is empty"
+        );
+        assert!(!ends[1].drain(|_, _| got += 1, || true, 1), "nothing left");
         assert_eq!(got, 2);
         assert_eq!(
             ends[0].inflight(1),

@@ -769,6 +769,7 @@ impl Shard {
                     self.run_work();
                 },
                 || !self.durable.congested(),
+                PEER_BATCHES_PER_TURN,
             );
             self.after_io();
             self.check_quiesced();
@@ -776,9 +777,19 @@ impl Shard {
             // A peer rings us, too, when it has handled what we were over
             // our bytes in flight for.
             self.maybe_resume();
+            // Rung again meanwhile, the doorbell reads at once and this
+            // task would never wait: let the flush and the connections
+            // run between two rounds.
+            futures_lite::future::yield_now().await;
         }
     }
 }
+
+/// Batches taken from each peer per turn of the receive task: a peer that
+/// keeps its queue to us full would otherwise hold this shard's receive
+/// task (and so the shard) for as long as it keeps up. A batch is one
+/// peer flush, up to thousands of messages.
+const PEER_BATCHES_PER_TURN: usize = 8;
 
 /// Run `fut` to completion on a small glommio executor (unit tests of the
 /// parts that need a real socket).

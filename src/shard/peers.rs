@@ -109,9 +109,18 @@ impl Peers {
         self.mesh.clear_bell();
     }
 
-    /// Take every batch the peers queued for us while `more()` says so.
-    pub fn drain(&self, f: impl FnMut(usize, Vec<ShardMsg>), more: impl Fn() -> bool) {
-        self.mesh.drain(f, more);
+    /// Take the batches the peers queued for us: at most `per_peer` from
+    /// each, while `more()` says so. If some were (or may have been) left,
+    /// ring our own bell so the receive task comes back for them.
+    pub fn drain(
+        &self,
+        f: impl FnMut(usize, Vec<ShardMsg>),
+        more: impl Fn() -> bool,
+        per_peer: usize,
+    ) {
+        if self.mesh.drain(f, more, per_peer) {
+            self.mesh.ring_self();
+        }
     }
 }
 
@@ -201,7 +210,7 @@ mod byte_tests {
         ));
         assert!(peers.congested(), "in flight counts too");
         let mut handled = 0;
-        consumer.drain(|_, msgs| handled += msgs.len(), || true);
+        consumer.drain(|_, msgs| handled += msgs.len(), || true, usize::MAX);
         assert_eq!(handled, 2);
         assert!(!peers.congested(), "handled: nothing in flight");
     }

@@ -4,6 +4,7 @@
 //! shard), pause it while it is over its rates or adds to the shard's full
 //! queues, and forget it when it ends.
 
+use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -18,8 +19,12 @@ use super::conns::ConnRef;
 use super::msg::{External, ShardMsg};
 use super::{ConnBroker, Shard};
 use crate::api::{self, Answer};
-use crate::conn::{Conn, Ev, Outcome, READ_PAUSE_OUTBOUND, with_scratch};
+use crate::conn::{Conn, Ev, Outcome, READ_PAUSE_OUTBOUND, SCRATCH_SIZE, with_scratch};
 use crate::room::{owner_of, valid_room};
+
+/// Reads of one connection, each ready without waiting, before its task
+/// lets the shard's other tasks run (see the end of `run`'s loop).
+const READS_PER_TURN: u32 = 4;
 
 /// What the task does after a read.
 enum Next {
@@ -54,6 +59,8 @@ pub(super) async fn run(shard: Rc<Shard>, conn: ConnRef, mut inbound: Vec<u8>) {
         shard.conns.mark_dirty(&conn);
         shard.after_io();
     }
+    // Whether the socket had to be waited for since the last read.
+    let waited = Cell::new(false);
     let next_event = |throttle: &mut Option<Timer>, cx: &mut Context<'_>| {
         if let Some(t) = throttle
             && Pin::new(t).poll(cx).is_ready()
@@ -61,9 +68,18 @@ pub(super) async fn run(shard: Rc<Shard>, conn: ConnRef, mut inbound: Vec<u8>) {
             *throttle = None;
             conn.borrow_mut().unthrottle(Instant::now());
         }
-        conn.borrow_mut().poll_io(cx)
+        let ev = conn.borrow_mut().poll_io(cx);
+        if ev.is_pending() {
+            waited.set(true);
+        }
+        ev
     };
+    let mut reads_in_row = 0;
     while let Ev::Read(n) = poll_fn(|cx| next_event(&mut throttle, cx)).await {
+        if waited.replace(false) {
+            reads_in_row = 0;
+        }
+        reads_in_row += 1;
         let after = with_scratch(n, |data| shard.read(&conn, data));
         if conn.borrow().out().pending_len() > 0 {
             shard.conns.mark_dirty(&conn);
@@ -84,6 +100,15 @@ pub(super) async fn run(shard: Rc<Shard>, conn: ConnRef, mut inbound: Vec<u8>) {
         // that merely acknowledges, heart-beats or disconnects goes on.
         if after.queued && shard.congested() {
             shard.conns.pause(&conn);
+        }
+        // A socket that is ready again at once never makes this task wait,
+        // and glommio switches tasks only when one waits: a client sending
+        // flat out would hold the shard — no flush, no other connection,
+        // no timer — for as long as it keeps up. Step behind the other
+        // runnable tasks after a full read or a few reads in a row.
+        if n == SCRATCH_SIZE || reads_in_row >= READS_PER_TURN {
+            reads_in_row = 0;
+            futures_lite::future::yield_now().await;
         }
     }
     shard.drop_conn(&conn);

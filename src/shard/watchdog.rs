@@ -88,10 +88,12 @@ fn wake(tid: i32) -> bool {
     unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, wake_signal()) == 0 }
 }
 
-/// Nanoseconds thread `tid` of this process has run on a CPU.
-fn cpu_ns(tid: i32) -> Option<u64> {
+/// Nanoseconds thread `tid` of this process has run on a CPU, and has
+/// waited runnable for one.
+fn cpu_ns(tid: i32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-    s.split_whitespace().next()?.parse().ok()
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
 }
 
 /// A silent shard whose thread ran less than this since the last look is
@@ -124,7 +126,7 @@ pub(crate) fn spawn(alive: Vec<Arc<Liveness>>) -> std::io::Result<()> {
             let now = Instant::now();
             let mut seen = vec![(0, now); alive.len()];
             // Each shard thread's CPU time at the last look.
-            let mut cpu = vec![0u64; alive.len()];
+            let mut cpu = vec![(0u64, 0u64); alive.len()];
             let mut busy_logged: Vec<Option<Instant>> = vec![None; alive.len()];
             loop {
                 std::thread::sleep(CHECK_EVERY);
@@ -132,24 +134,32 @@ pub(crate) fn spawn(alive: Vec<Arc<Liveness>>) -> std::io::Result<()> {
                 for (i, a) in alive.iter().enumerate() {
                     let tid = a.tid.load(Ordering::Relaxed);
                     let was = cpu[i];
-                    let ran = match cpu_ns(tid) {
+                    let (ran, waited) = match cpu_ns(tid) {
                         Some(ns) => {
                             cpu[i] = ns;
-                            Duration::from_nanos(ns.saturating_sub(was))
+                            (
+                                Duration::from_nanos(ns.0.saturating_sub(was.0)),
+                                Duration::from_nanos(ns.1.saturating_sub(was.1)),
+                            )
                         }
-                        None => Duration::MAX, // cannot tell: leave it be
+                        None => (Duration::MAX, Duration::ZERO), // cannot tell: leave it be
                     };
                     if tid == 0 || !due.contains(&i) {
                         continue;
                     }
                     if ran >= PARKED_CPU {
-                        // Busy, not parked: a task that did not yield for
-                        // STALL_AFTER (a tail-latency matter, not a hang).
+                        // Busy, not parked: its timers waited behind its own
+                        // work, or the machine gave it too little CPU (the
+                        // run-queue wait tells which; a tail-latency
+                        // matter, not a hang).
                         if busy_logged[i].is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                             tracing::info!(
                                 shard = i,
-                                "shard busy for {} ms without its sweeper running",
-                                STALL_AFTER.as_millis()
+                                ran_ms = ran.as_millis() as u64,
+                                waited_for_cpu_ms = waited.as_millis() as u64,
+                                "shard busy for {} ms without its sweeper running (CPU it got and waited for over the last {} ms)",
+                                STALL_AFTER.as_millis(),
+                                CHECK_EVERY.as_millis()
                             );
                             busy_logged[i] = Some(Instant::now());
                         }
