@@ -14,6 +14,49 @@ use clap::Parser;
 
 use serde::Deserialize;
 
+/// How a client's CONNECT is authenticated (`--auth`, see `crate::auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// The user is the CONNECT `login`: anyone may claim any user.
+    None,
+    /// An HS256 JWT in `passcode` or `Authorization: Bearer`; `sub` is the user.
+    Jwt,
+}
+
+/// A secret setting: `Debug` never shows it (the settings are logged).
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("(unset)")
+        } else {
+            write!(f, "(secret, {} bytes)", self.0.len())
+        }
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Shortest `--jwt-secret` accepted: 256 bits, as RFC 7518 §3.2 asks of an
+/// HS256 key.
+pub const MIN_JWT_SECRET: usize = 32;
+
 /// What a commit survives (`--durability`), mapped by the store to
 /// SQLite's `synchronous`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -116,6 +159,21 @@ macro_rules! settings {
 }
 
 settings! {
+    /// How a CONNECT is authenticated. `none`: the user is the CONNECT
+    /// `login` (or `anonymous`) — only for loopback or a trusted network
+    /// (see `--allow-insecure-auth`). `jwt`: an HS256 token signed with
+    /// `--jwt-secret` in the CONNECT `passcode` or an `Authorization:
+    /// Bearer <token>` header; its `sub` is the user, `exp` is required.
+    auth: AuthMode = AuthMode::None, env "STAMPEDE_AUTH", default_help "none";
+    /// The HS256 secret for `--auth jwt`, at least 32 bytes. Prefer the
+    /// environment variable: a flag is visible to every user in `ps`.
+    jwt_secret: Secret = Secret::default(), env "STAMPEDE_JWT_SECRET", default_help "(unset)";
+    /// Clock skew allowed when checking a token's `exp` and `nbf`, seconds.
+    jwt_leeway_s: u64 = 30, env "STAMPEDE_JWT_LEEWAY_S", default_help "30";
+    /// Allow `--auth none` on a listener that is not loopback. Without it
+    /// the server refuses to start that way: anyone reaching it could claim
+    /// to be any user.
+    allow_insecure_auth: bool = false, env "STAMPEDE_ALLOW_INSECURE_AUTH", default_help "false";
     /// HTTP and WebSocket listener (STOMP endpoint path `/ws`).
     listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(), env "STAMPEDE_LISTEN", default_help "127.0.0.1:8080";
     /// Plain STOMP-over-TCP listener, or `off`.
@@ -356,6 +414,30 @@ impl Config {
             1,
             "retention_interval_s",
         )?;
+        match self.auth {
+            AuthMode::Jwt if self.jwt_secret.expose().len() < MIN_JWT_SECRET => {
+                return Err(format!(
+                    "--auth jwt needs --jwt-secret (or STAMPEDE_JWT_SECRET) of at least {MIN_JWT_SECRET} bytes (got {})",
+                    self.jwt_secret.expose().len()
+                ));
+            }
+            AuthMode::None if !self.allow_insecure_auth => {
+                let exposed: Vec<String> = [Listen::On(self.listen), self.stomp_listen]
+                    .into_iter()
+                    .filter_map(|l| match l {
+                        Listen::On(a) if !a.ip().is_loopback() => Some(a.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                if !exposed.is_empty() {
+                    return Err(format!(
+                        "--auth none on {} (not loopback) lets anyone claim any user: use --auth jwt, or --allow-insecure-auth true on a trusted network",
+                        exposed.join(", ")
+                    ));
+                }
+            }
+            _ => {}
+        }
         if self.shards > 1024 {
             return Err(format!("shards must be at most 1024 (got {})", self.shards));
         }
@@ -413,6 +495,44 @@ mod tests {
             help.matches("[env: STAMPEDE_").count(),
             settings + 1,
             "{help}"
+        );
+    }
+
+    #[test]
+    fn auth_settings_are_checked() {
+        let cfg = |args: &[&str]| {
+            let mut all = vec!["stampede"];
+            all.extend_from_slice(args);
+            let mut c = Config::resolve(Cli::parse_from(all), FileConfig::default());
+            c.finish().map(|_| c)
+        };
+        assert!(cfg(&[]).is_ok(), "none on loopback is the default");
+        let e = cfg(&["--listen", "0.0.0.0:8080"]).unwrap_err();
+        assert!(
+            e.contains("--allow-insecure-auth") && e.contains("0.0.0.0:8080"),
+            "{e}"
+        );
+        let e = cfg(&["--stomp-listen", "[::]:61613"]).unwrap_err();
+        assert!(e.contains("[::]:61613"), "{e}");
+        assert!(cfg(&["--listen", "0.0.0.0:8080", "--allow-insecure-auth", "true"]).is_ok());
+        let e = cfg(&["--auth", "jwt", "--jwt-secret", "short"]).unwrap_err();
+        assert!(
+            e.contains("at least 32 bytes") && !e.contains("short"),
+            "{e}"
+        );
+        let c = cfg(&[
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            &"k".repeat(32),
+            "--listen",
+            "0.0.0.0:1",
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains(&"k".repeat(32)),
+            "Debug hides the secret: {shown}"
         );
     }
 

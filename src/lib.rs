@@ -34,6 +34,7 @@
 //! and the message flow.
 
 mod api;
+mod auth;
 mod clock;
 pub mod config;
 mod conn;

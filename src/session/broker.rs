@@ -78,6 +78,8 @@ pub(crate) struct Subscribed {
 pub(crate) trait Broker {
     /// The limits this session enforces.
     fn limits(&self) -> &SessionLimits;
+    /// Who a CONNECT's credentials prove the client to be (`--auth`).
+    fn auth(&self) -> &crate::auth::Authenticator;
     /// Whether messages are stored: RECEIPTs of SENDs then wait for the
     /// commit, and SUBSCRIBE may ask for a replay.
     fn persistent(&self) -> bool;

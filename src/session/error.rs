@@ -45,6 +45,15 @@ impl StompError {
         }
     }
 
+    /// CONNECT credentials refused (close code 1008). The same words
+    /// whatever the reason: the server's debug log says why.
+    pub fn auth() -> StompError {
+        StompError::limit(
+            crate::auth::AuthError::client_message(),
+            crate::auth::AuthError::client_detail(),
+        )
+    }
+
     pub(super) fn missing(header: &str, command: Command) -> StompError {
         StompError::protocol(
             format!("missing header '{header}'"),

@@ -67,7 +67,7 @@ pub(crate) enum Pend {
 pub(crate) struct Session {
     connected: bool,
     version: Version,
-    /// The user (`x-sender`): the CONNECT `login`, or `anonymous`.
+    /// The authenticated user (`x-sender`): see `crate::auth`.
     user: Box<str>,
     subs: Vec<SubState>,
     next_sub_n: u32,
@@ -276,6 +276,19 @@ impl Session {
                 )
             })?,
         };
+        let user = broker
+            .auth()
+            .user(
+                f.header("login"),
+                f.header("passcode"),
+                // STOMP header names are case-sensitive; HTTP's is not.
+                f.header("Authorization")
+                    .or_else(|| f.header("authorization")),
+            )
+            .map_err(|e| {
+                tracing::debug!(session = %broker.session_id(), "CONNECT refused: {e}");
+                StompError::auth()
+            })?;
         let limits = broker.limits();
         // STOMP 1.2 "Heart-beating": each side sends at the larger of what one
         // can do and the other wants, if neither is 0.
@@ -292,9 +305,7 @@ impl Session {
         self.version = version;
         self.connected = true;
         out.set_escaping(self.escaping());
-        if let Some(login) = f.header("login").filter(|l| !l.is_empty()) {
-            self.user = login.into();
-        }
+        self.user = user;
         let hb = format!(
             "{},{}",
             limits.heartbeat_send_ms, limits.heartbeat_receive_ms

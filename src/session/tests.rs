@@ -28,6 +28,7 @@ enum Call {
 /// room owned by another shard).
 struct Fake {
     limits: SessionLimits,
+    auth: crate::auth::Authenticator,
     persistent: bool,
     defer_receipts: bool,
     calls: RefCell<Vec<Call>>,
@@ -45,6 +46,7 @@ impl Fake {
                 heartbeat_send_ms: 10_000,
                 heartbeat_receive_ms: 10_000,
             },
+            auth: crate::auth::Authenticator::none(),
             persistent: true,
             defer_receipts: false,
             calls: RefCell::default(),
@@ -60,6 +62,9 @@ impl Fake {
 impl Broker for Fake {
     fn limits(&self) -> &SessionLimits {
         &self.limits
+    }
+    fn auth(&self) -> &crate::auth::Authenticator {
+        &self.auth
     }
     fn persistent(&self) -> bool {
         self.persistent

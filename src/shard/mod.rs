@@ -127,6 +127,7 @@ pub(crate) struct Shard {
     cfg: Config,
     frame_limits: Limits,
     session_limits: SessionLimits,
+    auth: crate::auth::Authenticator,
     /// `--max-publish-rate`, `--max-subscribe-rate` and their bursts.
     rates: ConnRates,
     conns: Conns,
@@ -164,6 +165,7 @@ impl Shard {
                 max_header_length: cfg.max_header_length,
             },
             session_limits: SessionLimits::from_config(&cfg),
+            auth: crate::auth::Authenticator::from_config(&cfg),
             rates: ConnRates {
                 publish: RateLimit::new(cfg.max_publish_rate, cfg.publish_burst),
                 subscribe: RateLimit::new(cfg.max_subscribe_rate, cfg.subscribe_burst),
@@ -837,6 +839,10 @@ impl<'a> ConnBroker<'a> {
 impl Broker for ConnBroker<'_> {
     fn limits(&self) -> &SessionLimits {
         &self.shard.session_limits
+    }
+
+    fn auth(&self) -> &crate::auth::Authenticator {
+        &self.shard.auth
     }
 
     fn persistent(&self) -> bool {
