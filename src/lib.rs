@@ -11,9 +11,10 @@
 //!    - `ws`     — the HTTP upgrade request and WebSocket framing (tungstenite's sans-IO parts).
 //!    - `http`   — every HTTP answer the server writes.
 //!    - `rate`   — the per-connection publish rate limit (GCRA).
-//! 2. Message types:
+//! 2. Message types, and who a client is:
 //!    - `message` — `Draft` → `Sequenced` → `Encoded`; `Confirm`, `ReplayFrom`, `AckMode`.
 //!    - `room`    — room names, the room hash and `owner_of`.
+//!    - `auth`    — CONNECT credentials (`--auth none|jwt`) and user ids.
 //! 3. Parts that hold messages:
 //!    - `store`  — SQLite history: schema, the group-commit writer thread, the
 //!      reader pool, retention. On the message path: the owner shard hands
