@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use super::receipts;
 use crate::out::Out;
 use crate::stomp::frame::{Command, ParseError};
 use crate::ws::framing::CloseCode;
@@ -51,6 +52,17 @@ impl StompError {
         StompError::limit(
             crate::auth::AuthError::client_message(),
             crate::auth::AuthError::client_detail(),
+        )
+    }
+
+    /// Too many receipts wait behind one still owed (close code 1008).
+    pub(super) fn too_many_receipts() -> StompError {
+        StompError::limit(
+            "too many receipts outstanding",
+            format!(
+                "at most {} receipts may wait for an earlier one; wait for RECEIPTs before sending more",
+                receipts::MAX_QUEUED_RECEIPTS
+            ),
         )
     }
 

@@ -9,6 +9,7 @@
 
 mod broker;
 mod error;
+mod receipts;
 #[cfg(test)]
 mod tests;
 mod transaction;
@@ -25,6 +26,7 @@ use crate::room::room_of;
 use crate::stomp::frame::{Command, Escaping, Frame, Version, escape_into};
 use crate::ws::framing::CloseCode;
 use error::SUPPORTED_VERSIONS;
+use receipts::Receipts;
 use transaction::Transactions;
 
 /// One subscription of this connection.
@@ -77,8 +79,9 @@ pub(crate) struct Session {
     /// and how often we must hear from the client.
     hb_send_ms: u64,
     hb_recv_ms: u64,
-    /// RECEIPTs owed for SEND/SUBSCRIBE/COMMIT that the broker answers later.
-    outstanding_receipts: u32,
+    /// RECEIPTs not yet written: owed ones (SEND, SUBSCRIBE, COMMIT the
+    /// broker answers later) and those waiting behind them, in frame order.
+    receipts: Receipts,
     disconnect: Option<Disconnect>,
 }
 
@@ -93,7 +96,7 @@ impl Default for Session {
             txs: Transactions::default(),
             hb_send_ms: 0,
             hb_recv_ms: 0,
-            outstanding_receipts: 0,
+            receipts: Receipts::default(),
             disconnect: None,
         }
     }
@@ -136,18 +139,14 @@ impl Session {
 
     // ---- results the broker brings back ---------------------------------
 
-    /// A RECEIPT the broker owed (for a SEND or SUBSCRIBE): write it; if a
-    /// DISCONNECT waited for it and it was the last, answer the DISCONNECT
-    /// and close.
+    /// A RECEIPT the broker owed (for a SEND or SUBSCRIBE): write it and
+    /// every later one that waited behind it; if a DISCONNECT waited for
+    /// them, answer it and close.
     pub fn deferred_receipt(&mut self, out: &mut Out, receipt: &str) {
-        self.receipt(out, Some(receipt));
-        self.receipt_settled(out);
-    }
-
-    /// One owed receipt is settled (written, or its COMMIT answered).
-    fn receipt_settled(&mut self, out: &mut Out) {
-        self.outstanding_receipts = self.outstanding_receipts.saturating_sub(1);
-        if self.outstanding_receipts == 0 {
+        let escaping = self.escaping();
+        self.receipts
+            .settle(receipt, |r| write_receipt(out, r, escaping));
+        if !self.receipts.any_owed() {
             self.finish_disconnect(out);
         }
     }
@@ -178,10 +177,13 @@ impl Session {
         Pend::Deliver((self.version == Version::V12).then_some((sub_n, seq)))
     }
 
-    /// Answer a waiting DISCONNECT and close.
+    /// Answer a waiting DISCONNECT and close (receipts still owed at its
+    /// deadline are given up).
     pub fn finish_disconnect(&mut self, out: &mut Out) {
         if let Some(d) = self.disconnect.take() {
-            self.receipt(out, d.receipt.as_deref());
+            if let Some(r) = &d.receipt {
+                write_receipt(out, r, self.escaping());
+            }
             out.close(CloseCode::Normal, "");
         }
     }
@@ -237,10 +239,25 @@ impl Session {
         }
     }
 
-    fn receipt(&self, out: &mut Out, receipt: Option<&str>) {
-        if let Some(r) = receipt {
-            out.frame("RECEIPT", &[("receipt-id", r)], b"", self.escaping());
+    /// The RECEIPT of a frame done now: written at once, or after the
+    /// receipts still owed for earlier frames.
+    fn receipt(&mut self, out: &mut Out, receipt: Option<&str>) -> Result<(), StompError> {
+        let Some(r) = receipt else { return Ok(()) };
+        if let Some(r) = self
+            .receipts
+            .ready(r)
+            .map_err(|_| StompError::too_many_receipts())?
+        {
+            write_receipt(out, r, self.escaping());
         }
+        Ok(())
+    }
+
+    /// A RECEIPT that the broker answers later (`deferred_receipt`).
+    fn owe_receipt(&mut self, receipt: &str) -> Result<(), StompError> {
+        self.receipts
+            .owe(receipt)
+            .map_err(|_| StompError::too_many_receipts())
     }
 
     fn connect(
@@ -325,7 +342,7 @@ impl Session {
         );
         // The spec leaves CONNECT out of receipts; we honour it anyway,
         // after CONNECTED, so every frame behaves alike.
-        self.receipt(out, f.header("receipt"));
+        self.receipt(out, f.header("receipt"))?;
         Ok(())
     }
 
@@ -338,14 +355,14 @@ impl Session {
         let receipt = f.header("receipt");
         if let Some(tx) = f.header("transaction") {
             self.hold(tx, f, broker)?;
-            self.receipt(out, receipt);
+            self.receipt(out, receipt)?;
             return Ok(());
         }
         let draft = self.draft(f)?;
         // RECEIPT follows once the message is stored (or, with persistence
         // off, once the owner shard sequenced it).
-        if receipt.is_some() {
-            self.outstanding_receipts += 1;
+        if let Some(r) = receipt {
+            self.owe_receipt(r)?;
         }
         broker.publish(draft, receipt.map(|r| Confirm::Receipt(r.into())));
         Ok(())
@@ -446,9 +463,9 @@ impl Session {
             pending: VecDeque::new(),
         });
         if done.receipt_now {
-            self.receipt(out, receipt);
-        } else {
-            self.outstanding_receipts += 1;
+            self.receipt(out, receipt)?;
+        } else if let Some(r) = receipt {
+            self.owe_receipt(r)?;
         }
         Ok(())
     }
@@ -481,7 +498,7 @@ impl Session {
         };
         let sub = self.subs.swap_remove(idx);
         broker.unsubscribe(&sub.room, sub.key);
-        self.receipt(out, f.header("receipt"));
+        self.receipt(out, f.header("receipt"))?;
         Ok(())
     }
 
@@ -497,7 +514,7 @@ impl Session {
             let (sub_idx, seq) = self.ack_target(f)?;
             self.ack_apply(sub_idx, seq);
         }
-        self.receipt(out, f.header("receipt"));
+        self.receipt(out, f.header("receipt"))?;
         Ok(())
     }
 
@@ -581,10 +598,14 @@ impl Session {
             receipt: f.header("receipt").map(Into::into),
             deadline: Instant::now() + CLOSE_FLUSH_TIMEOUT,
         });
-        if self.outstanding_receipts == 0 {
+        if !self.receipts.any_owed() {
             self.finish_disconnect(out);
         }
     }
+}
+
+fn write_receipt(out: &mut Out, id: &str, escaping: Escaping) {
+    out.frame("RECEIPT", &[("receipt-id", id)], b"", escaping);
 }
 
 /// The replay a SUBSCRIBE asks for: `x-since-seq:N` (every stored message

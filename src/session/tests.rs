@@ -1781,12 +1781,12 @@ fn each_commit_gets_its_own_group() {
         ]
     );
     t.s.group_part_done(1, &mut t.out);
-    assert_eq!(t.written(), [receipt("c1")]);
-    // One receipt is still owed.
+    // c2's COMMIT came first: c1's receipt waits behind it.
+    assert!(t.written().is_empty());
     assert!(t.send("DISCONNECT\n\n").is_empty());
     assert!(t.s.disconnecting());
     t.s.group_part_done(0, &mut t.out);
-    assert_eq!(t.written(), [receipt("c2")]);
+    assert_eq!(t.written(), [receipt("c2"), receipt("c1")]);
     assert!(t.out.is_closing());
 }
 
@@ -2007,5 +2007,36 @@ fn unsubscribe_all_removes_every_subscription_and_transaction() {
     assert_eq!(
         t.fails("COMMIT\ntransaction:t1\nreceipt:c\n\n", CloseCode::Protocol),
         error("unknown transaction", Some("c"), "no open transaction 't1'")
+    );
+}
+
+#[test]
+fn receipts_come_in_frame_order_whatever_answers_first() {
+    let mut b = Fake::new();
+    b.defer_receipts = true;
+    let mut t = T::connected_with(b, "1.2");
+    // The owner answers the SUBSCRIBE later, the writer the SEND; BEGIN is
+    // done at once but comes after both.
+    assert!(
+        t.ok("SUBSCRIBE\nid:s1\ndestination:/topic/b\nreceipt:sub\n\n")
+            .is_empty()
+    );
+    assert!(
+        t.ok("SEND\ndestination:/topic/b\nreceipt:send\n\nx")
+            .is_empty()
+    );
+    assert!(t.ok("BEGIN\ntransaction:t1\nreceipt:begin\n\n").is_empty());
+    // The commit overtakes the owner's answer: nothing may go out yet.
+    t.s.deferred_receipt(&mut t.out, "send");
+    assert!(t.written().is_empty());
+    t.s.deferred_receipt(&mut t.out, "sub");
+    assert_eq!(
+        t.written(),
+        [receipt("sub"), receipt("send"), receipt("begin")]
+    );
+    // Nothing is owed any more: at once again.
+    assert_eq!(
+        t.ok("BEGIN\ntransaction:t2\nreceipt:b2\n\n"),
+        [receipt("b2")]
     );
 }

@@ -104,7 +104,7 @@ impl Session {
             id: tx.into(),
             held: Vec::new(),
         });
-        self.receipt(out, f.header("receipt"));
+        self.receipt(out, f.header("receipt"))?;
         Ok(())
     }
 
@@ -152,7 +152,7 @@ impl Session {
                     left: sends,
                     receipt: r.into(),
                 });
-                self.outstanding_receipts += 1;
+                self.owe_receipt(r)?;
                 Some(id)
             }
             _ => None,
@@ -164,14 +164,14 @@ impl Session {
             }
         }
         if group.is_none() {
-            self.receipt(out, receipt);
+            self.receipt(out, receipt)?;
         }
         Ok(())
     }
 
     pub(super) fn abort(&mut self, f: &Frame<'_>, out: &mut Out) -> Result<(), StompError> {
         self.take_tx(f)?;
-        self.receipt(out, f.header("receipt"));
+        self.receipt(out, f.header("receipt"))?;
         Ok(())
     }
 
@@ -249,8 +249,7 @@ impl Session {
         groups[i].left -= 1;
         if groups[i].left == 0 {
             let g = groups.swap_remove(i);
-            self.receipt(out, Some(&g.receipt));
-            self.receipt_settled(out);
+            self.deferred_receipt(out, &g.receipt);
         }
     }
 

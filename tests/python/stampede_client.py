@@ -364,15 +364,6 @@ class StompClient:
         assert f.body == b"", f"RECEIPT must not have a body: {f!r}"
         return f
 
-    def expect_receipts(self, *receipt_ids: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Wait for a RECEIPT for each id, in any order: receipts of pipelined frames that different
-        parts of the server answer (the room's owner shard for SUBSCRIBE, the store's writer for
-        SEND) may arrive out of frame order (ARCHITECTURE.md, known gaps)."""
-        deadline = time.monotonic() + timeout
-        for rid in receipt_ids:
-            self.wait_for(lambda f, rid=rid: f.command == "RECEIPT" and f.get("receipt-id") == rid,
-                          max(0.0, deadline - time.monotonic()), what=f"RECEIPT {rid}")
-
     def expect_message(self, timeout: float = DEFAULT_TIMEOUT, subscription: Optional[str] = None) -> Frame:
         if subscription is None:
             pred = lambda f: f.command == "MESSAGE"  # noqa: E731
