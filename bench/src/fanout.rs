@@ -314,11 +314,10 @@ async fn publish(args: &FanoutArgs, bar: &Bar) -> Result<(Vec<u64>, Vec<String>)
                     }
                     continue;
                 }
-                if let Some(pace) = pace {
-                    pace.wait(n).await;
-                    if Instant::now() >= end {
-                        break;
-                    }
+                if let Some(pace) = pace
+                    && !pace.wait(n, end).await
+                {
+                    break;
                 }
                 let k = (n as usize) % mine.len();
                 seqs[k] += 1;

@@ -39,9 +39,11 @@ impl Pace {
         self.start + Duration::from_secs_f64((n as f64 + self.phase) / self.per_publisher)
     }
 
-    /// Sleep until message `n` is due.
-    pub async fn wait(&self, n: u64) {
+    /// Sleep until message `n` is due; false when that is at or past
+    /// `end` (the publisher is done).
+    pub async fn wait(&self, n: u64, end: Instant) -> bool {
         tokio::time::sleep_until(self.due(n).into()).await;
+        Instant::now() < end
     }
 }
 

@@ -243,11 +243,10 @@ async fn publisher(
             break;
         };
         permit.forget();
-        if let Some(pace) = pace {
-            pace.wait(sent).await;
-            if Instant::now() >= end {
-                break;
-            }
+        if let Some(pace) = pace
+            && !pace.wait(sent, end).await
+        {
+            break;
         }
         sent += 1;
         let room = (sent as usize + p) % args.rooms.max(1);
