@@ -27,10 +27,14 @@
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
+use crate::auth::{Authenticator, same_secret, valid_user};
 use crate::http::{self, Status};
 use crate::message::Sequenced;
+use crate::push::PushStats;
 use crate::room::valid_room;
+use crate::store::members::{self, Added};
 use crate::store::{Range, read_page};
+use crate::ws::handshake::percent_decode;
 
 /// The history API's paths.
 pub(crate) const ROOMS_PREFIX: &str = "/api/rooms/";
@@ -172,19 +176,178 @@ fn error_response(e: &ApiError) -> Vec<u8> {
 /// A store read that produces an HTTP answer (runs on a reader thread).
 pub(crate) type Read = Box<dyn FnOnce(&rusqlite::Connection) -> Vec<u8> + Send>;
 
+/// A store write that produces an HTTP answer (runs on the writer's
+/// thread, in order with the messages).
+pub(crate) type Write = Box<dyn FnOnce(&rusqlite::Connection) -> Vec<u8> + Send>;
+
 /// How a request is answered.
 pub(crate) enum Answer {
     /// With these bytes, now.
     Now(Vec<u8>),
     /// With what this store read produces.
     Read(Read),
+    /// With what this store write produces.
+    Write(Write),
+    /// By the room's owner shard, which keeps the members of a loaded room
+    /// and ends a removed member's subscriptions: add or remove `user`.
+    Member {
+        room: String,
+        user: String,
+        add: bool,
+    },
 }
 
-/// Answer a plain HTTP request. `history`: whether messages are stored
-/// (`--persist`).
-pub(crate) fn route(method: &str, path: &str, query: Option<&str>, history: bool) -> Answer {
-    if path.starts_with(ROOMS_PREFIX) {
-        return rooms(method, path, query, history);
+/// What the API needs from the server.
+pub(crate) struct ApiCtx<'a> {
+    /// Whether messages (and members, devices) are stored (`--persist`).
+    pub store: bool,
+    pub auth: &'a Authenticator,
+    /// `--admin-token` (empty: no admin calls).
+    pub admin_token: &'a str,
+    /// `--max-devices-per-user`.
+    pub max_devices: usize,
+    /// The push pool's counters, when push is on.
+    pub push: Option<&'a PushStats>,
+}
+
+/// Who makes a request, from its `Authorization: Bearer` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// The admin token.
+    Admin,
+    /// A user (their JWT under `--auth jwt`; their id under `--auth none`).
+    User(Box<str>),
+    /// No credentials.
+    Nobody,
+}
+
+impl Caller {
+    /// Identify the caller; credentials given and not valid are a 401.
+    pub fn of(authorization: Option<&str>, ctx: &ApiCtx<'_>) -> Result<Caller, ApiError> {
+        let Some(value) = authorization else {
+            return Ok(Caller::Nobody);
+        };
+        let Some(credential) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+        else {
+            return Err(error(
+                Status::Unauthorized,
+                "use Authorization: Bearer <token>",
+            ));
+        };
+        if !ctx.admin_token.is_empty()
+            && same_secret(credential.as_bytes(), ctx.admin_token.as_bytes())
+        {
+            return Ok(Caller::Admin);
+        }
+        ctx.auth
+            .bearer_user(credential)
+            .map(Caller::User)
+            .map_err(|e| {
+                tracing::debug!("HTTP credentials refused: {e}");
+                error(Status::Unauthorized, "the credentials were not accepted")
+            })
+    }
+
+    /// Admin only: 401 without credentials, 403 for a user.
+    fn admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::User(_) => Err(error(Status::Forbidden, "this call needs the admin token")),
+            Caller::Nobody => Err(unauthorized()),
+        }
+    }
+
+    /// Admin or `user` themselves.
+    fn admin_or(&self, user: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::User(u) if **u == *user => Ok(()),
+            Caller::User(_) => Err(error(
+                Status::Forbidden,
+                "only that user (or the admin) may do this",
+            )),
+            Caller::Nobody => Err(unauthorized()),
+        }
+    }
+
+    /// Admin, or a member of `room` (checked by the store read): the user
+    /// to check, `None` for the admin.
+    fn admin_or_member(&self) -> Result<Option<Box<str>>, ApiError> {
+        match self {
+            Caller::Admin => Ok(None),
+            Caller::User(u) => Ok(Some(u.clone())),
+            Caller::Nobody => Err(unauthorized()),
+        }
+    }
+}
+
+fn unauthorized() -> ApiError {
+    error(
+        Status::Unauthorized,
+        "credentials needed: Authorization: Bearer <token>",
+    )
+}
+
+fn not_a_member() -> Vec<u8> {
+    error_response(&error(
+        Status::Forbidden,
+        "only members of the room (or the admin) may do this",
+    ))
+}
+
+/// Longest FCM registration token accepted (they are ~160 bytes today).
+pub(crate) const MAX_DEVICE_TOKEN: usize = 512;
+/// Members listed per `GET .../members` answer.
+pub(crate) const MAX_MEMBERS_LISTED: usize = 100_000;
+
+/// A device token: 1–512 characters from A-Z a-z 0-9 `_ - : .` (FCM's
+/// alphabet), so it can travel in a path unescaped.
+pub(crate) fn valid_device_token(t: &str) -> bool {
+    (1..=MAX_DEVICE_TOKEN).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'))
+}
+
+/// A user id from a path segment (percent-decoded), validated.
+fn user_segment(seg: &str) -> Result<String, ApiError> {
+    let user = percent_decode(seg);
+    if valid_user(&user) {
+        Ok(user)
+    } else {
+        Err(error(
+            Status::BadRequest,
+            "invalid user id: 1-128 bytes without spaces or control characters",
+        ))
+    }
+}
+
+fn room_segment(room: &str) -> Result<String, ApiError> {
+    if valid_room(room) {
+        Ok(room.to_string())
+    } else {
+        Err(error(
+            Status::BadRequest,
+            format!("invalid room '{room}': 1-128 characters from A-Z a-z 0-9 _ . ~ -"),
+        ))
+    }
+}
+
+/// Answer a plain HTTP request.
+pub(crate) fn route(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    authorization: Option<&str>,
+    ctx: &ApiCtx<'_>,
+) -> Answer {
+    if path.starts_with("/api/") {
+        return match api(method, path, query, authorization, ctx) {
+            Ok(a) => a,
+            Err(e) => Answer::Now(error_response(&e)),
+        };
     }
     Answer::Now(match (method, path) {
         ("GET", "/healthz") => http::text(Status::Ok, "ok"),
@@ -204,26 +367,225 @@ pub(crate) fn busy() -> Vec<u8> {
     ))
 }
 
-/// A request under `/api/rooms/`.
-fn rooms(method: &str, path: &str, query: Option<&str>, history: bool) -> Answer {
-    let q = match parse(method, path, query) {
-        Ok(q) => q,
-        Err(e) => return Answer::Now(error_response(&e)),
-    };
-    if !history {
-        return Answer::Now(error_response(&error(
-            Status::NotFound,
-            "history is disabled on this server (--persist false)",
-        )));
+/// Only `allowed` methods here.
+fn method_is(method: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    if allowed.contains(&method) {
+        Ok(())
+    } else {
+        Err(error(
+            Status::MethodNotAllowed,
+            format!("{method} is not allowed here; use {}", allowed.join(" or ")),
+        ))
     }
-    Answer::Read(Box::new(
-        move |conn: &rusqlite::Connection| match read_page(
-            conn,
-            &q.room,
-            q.range,
-            q.limit,
-            MAX_ANSWER_BYTES,
-        ) {
+}
+
+/// A request under `/api/`.
+fn api(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    authorization: Option<&str>,
+    ctx: &ApiCtx<'_>,
+) -> Result<Answer, ApiError> {
+    let segs: Vec<&str> = path["/api/".len()..].split('/').collect();
+    let no_store = || {
+        error(
+            Status::NotFound,
+            "history, members and devices are disabled on this server (--persist false)",
+        )
+    };
+    match segs.as_slice() {
+        ["rooms", _, "messages"] => {
+            let q = parse(method, path, query)?;
+            let caller = Caller::of(authorization, ctx)?;
+            let member = caller.admin_or_member()?;
+            if !ctx.store {
+                return Err(no_store());
+            }
+            Ok(Answer::Read(history(q, member)))
+        }
+        ["rooms", room, "members"] => {
+            method_is(method, &["GET"])?;
+            let room = room_segment(room)?;
+            let member = Caller::of(authorization, ctx)?.admin_or_member()?;
+            if !ctx.store {
+                return Err(no_store());
+            }
+            Ok(Answer::Read(Box::new(move |db| {
+                if let Some(u) = &member {
+                    match members::is_member(db, &room, u) {
+                        Ok(true) => {}
+                        Ok(false) => return not_a_member(),
+                        Err(e) => return store_failed(e),
+                    }
+                }
+                match members::list_members(db, &room, MAX_MEMBERS_LISTED) {
+                    Ok(list) => http::json(Status::Ok, &json!({"room": room, "members": list})),
+                    Err(e) => store_failed(e),
+                }
+            })))
+        }
+        ["rooms", room, "members", user] => {
+            method_is(method, &["PUT", "DELETE"])?;
+            let room = room_segment(room)?;
+            let user = user_segment(user)?;
+            Caller::of(authorization, ctx)?.admin()?;
+            if !ctx.store {
+                return Err(no_store());
+            }
+            Ok(Answer::Member {
+                room,
+                user,
+                add: method == "PUT",
+            })
+        }
+        ["users", user, "devices"] => {
+            method_is(method, &["GET"])?;
+            let user = user_segment(user)?;
+            Caller::of(authorization, ctx)?.admin_or(&user)?;
+            if !ctx.store {
+                return Err(no_store());
+            }
+            let max = ctx.max_devices;
+            Ok(Answer::Read(Box::new(
+                move |db| match members::list_devices(db, &user, max) {
+                    Ok(list) => http::json(Status::Ok, &json!({"user": user, "devices": list})),
+                    Err(e) => store_failed(e),
+                },
+            )))
+        }
+        ["users", user, "devices", token] => {
+            method_is(method, &["PUT", "DELETE"])?;
+            let user = user_segment(user)?;
+            if !valid_device_token(token) {
+                return Err(error(
+                    Status::BadRequest,
+                    format!(
+                        "invalid device token: 1-{MAX_DEVICE_TOKEN} characters from A-Z a-z 0-9 _ - : ."
+                    ),
+                ));
+            }
+            Caller::of(authorization, ctx)?.admin_or(&user)?;
+            if !ctx.store {
+                return Err(no_store());
+            }
+            let token = token.to_string();
+            let max = ctx.max_devices;
+            let add = method == "PUT";
+            Ok(Answer::Write(Box::new(move |db| {
+                device_write(db, &user, &token, add, max)
+            })))
+        }
+        ["push"] => {
+            method_is(method, &["GET"])?;
+            Caller::of(authorization, ctx)?.admin()?;
+            match ctx.push {
+                Some(stats) => Ok(Answer::Now(http::json(Status::Ok, &stats.json()))),
+                None => Err(error(
+                    Status::NotFound,
+                    "push is off on this server (no --fcm-credentials or --fcm-access-token)",
+                )),
+            }
+        }
+        _ => Err(error(
+            Status::NotFound,
+            format!(
+                "no such resource {path}; see /api/rooms/{{room}}/messages, /api/rooms/{{room}}/members[/{{user}}], /api/users/{{user}}/devices[/{{token}}]"
+            ),
+        )),
+    }
+}
+
+fn store_failed(e: crate::store::StoreError) -> Vec<u8> {
+    error_response(&error(
+        Status::InternalServerError,
+        format!("the store failed: {e}"),
+    ))
+}
+
+/// `PUT|DELETE /api/users/{user}/devices/{token}` on the writer.
+fn device_write(
+    db: &rusqlite::Connection,
+    user: &str,
+    token: &str,
+    add: bool,
+    max: usize,
+) -> Vec<u8> {
+    let result = if add {
+        members::add_device(db, user, token, max).map(|a| match a {
+            Added::Full => None,
+            a => Some(a == Added::New),
+        })
+    } else {
+        members::remove_device(db, user, token).map(Some)
+    };
+    match result {
+        Ok(Some(changed)) => http::json(
+            Status::Ok,
+            &json!({"user": user, "device": token, "registered": add, "changed": changed}),
+        ),
+        Ok(None) => error_response(&error(
+            Status::Conflict,
+            format!("{user} has {max} devices already (--max-devices-per-user); remove one first"),
+        )),
+        Err(e) => store_failed(e),
+    }
+}
+
+/// The answer of the owner shard's member change, once it is stored:
+/// `changed` is whether it changed anything, `None` when the room is full.
+pub(crate) fn member_answer(
+    room: &str,
+    user: &str,
+    add: bool,
+    changed: Option<bool>,
+    max: usize,
+) -> Vec<u8> {
+    match changed {
+        Some(changed) => http::json(
+            Status::Ok,
+            &json!({"room": room, "user": user, "member": add, "changed": changed}),
+        ),
+        None => error_response(&error(
+            Status::Conflict,
+            format!("room {room} has {max} members already (--max-room-members)"),
+        )),
+    }
+}
+
+/// A member change on the writer: `Some(changed)`, `None` when full.
+pub(crate) fn member_write(
+    db: &rusqlite::Connection,
+    room: &str,
+    user: &str,
+    add: bool,
+    max: usize,
+) -> Vec<u8> {
+    let result = if add {
+        members::add_member(db, room, user, max).map(|a| match a {
+            Added::Full => None,
+            a => Some(a == Added::New),
+        })
+    } else {
+        members::remove_member(db, room, user).map(Some)
+    };
+    match result {
+        Ok(changed) => member_answer(room, user, add, changed, max),
+        Err(e) => store_failed(e),
+    }
+}
+
+/// The history read; `member`: the user who must be a member (not the admin).
+fn history(q: HistoryQuery, member: Option<Box<str>>) -> Read {
+    Box::new(move |conn: &rusqlite::Connection| {
+        if let Some(u) = &member {
+            match members::is_member(conn, &q.room, u) {
+                Ok(true) => {}
+                Ok(false) => return not_a_member(),
+                Err(e) => return store_failed(e),
+            }
+        }
+        match read_page(conn, &q.room, q.range, q.limit, MAX_ANSWER_BYTES) {
             Ok(page) => http::json(
                 Status::Ok,
                 &json!({
@@ -236,8 +598,8 @@ fn rooms(method: &str, path: &str, query: Option<&str>, history: bool) -> Answer
                 Status::InternalServerError,
                 format!("reading the history failed: {e}"),
             )),
-        },
-    ))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -102,6 +102,17 @@ impl Authenticator {
         }
     }
 
+    /// The user an HTTP `Authorization: Bearer <credential>` proves: a
+    /// token as in CONNECT under `jwt`; under `none`, the credential is the
+    /// user id itself (as insecure as `login`).
+    pub fn bearer_user(&self, credential: &str) -> Result<Box<str>, AuthError> {
+        match &self.jwt {
+            None if credential.is_empty() => Err(AuthError::NoToken),
+            None => self.user(Some(credential), None, None),
+            Some(_) => self.user(None, Some(credential), None),
+        }
+    }
+
     /// The user a CONNECT frame proves, from its `login`, `passcode` and
     /// `Authorization` headers.
     pub fn user(
@@ -137,6 +148,19 @@ impl Authenticator {
             Err(AuthError::BadUser)
         }
     }
+}
+
+/// Compare two secrets in time that depends on their lengths only, not on
+/// where they first differ (an admin token must not leak byte by byte).
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 #[cfg(test)]

@@ -57,6 +57,19 @@ impl std::str::FromStr for Secret {
 /// HS256 key.
 pub const MIN_JWT_SECRET: usize = 32;
 
+/// Who may enter a room (`--join`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinMode {
+    /// SUBSCRIBE to `/topic/<room>` makes the user a member (stored).
+    Open,
+    /// Only members added through the API may SUBSCRIBE or SEND.
+    Invite,
+}
+
+/// Shortest `--admin-token` accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
 /// What a commit survives (`--durability`), mapped by the store to
 /// SQLite's `synchronous`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -174,6 +187,50 @@ settings! {
     /// the server refuses to start that way: anyone reaching it could claim
     /// to be any user.
     allow_insecure_auth: bool = false, env "STAMPEDE_ALLOW_INSECURE_AUTH", default_help "false";
+    /// Who may enter a room. `open`: subscribing to `/topic/<room>` makes
+    /// the user a member (stored, so offline members get pushes). `invite`:
+    /// only members added through `PUT /api/rooms/{room}/members/{user}`
+    /// may SUBSCRIBE or SEND; anyone else gets an ERROR and is closed.
+    /// Membership needs the store (`--persist true`).
+    join: JoinMode = JoinMode::Open, env "STAMPEDE_JOIN", default_help "open";
+    /// Bearer token for the admin calls of the HTTP API (members, any
+    /// user's devices, any room's history). Unset: no admin calls. Prefer
+    /// the environment variable; at least 16 bytes.
+    admin_token: Secret = Secret::default(), env "STAMPEDE_ADMIN_TOKEN", default_help "(unset)";
+    /// Most members one room may have. The owner shard keeps a loaded
+    /// room's members in memory (~60 bytes each): 100,000 is ~6 MB for the
+    /// largest room. Beyond it an API add gets 409 and, with `--join open`,
+    /// a SUBSCRIBE of a newcomer an ERROR.
+    max_room_members: usize = 100_000, env "STAMPEDE_MAX_ROOM_MEMBERS", default_help "100000";
+    /// Most push devices (FCM tokens) one user may register; beyond it
+    /// `PUT .../devices/{token}` gets 409. A person has a few phones and
+    /// browsers; 16 is generous.
+    max_devices_per_user: usize = 16, env "STAMPEDE_MAX_DEVICES_PER_USER", default_help "16";
+    /// FCM HTTP v1 base URL (a fake for tests and benchmarks).
+    fcm_endpoint: String = "https://fcm.googleapis.com".to_string(), env "STAMPEDE_FCM_ENDPOINT", default_help "https://fcm.googleapis.com";
+    /// Firebase project id; defaults to the service account's `project_id`.
+    fcm_project: String = String::new(), env "STAMPEDE_FCM_PROJECT", default_help "(from --fcm-credentials)";
+    /// Service-account JSON file for FCM: the server signs an RS256
+    /// assertion with its key and trades it at its `token_uri` for an
+    /// access token, renewed before it expires. Setting this (or
+    /// `--fcm-access-token`) turns push notifications on.
+    fcm_credentials: PathBuf = PathBuf::new(), env "STAMPEDE_FCM_CREDENTIALS", default_help "(unset: no push)";
+    /// A fixed OAuth2 access token for FCM instead of a service account
+    /// (needs `--fcm-project`); it is never renewed.
+    fcm_access_token: Secret = Secret::default(), env "STAMPEDE_FCM_ACCESS_TOKEN", default_help "(unset)";
+    /// Push threads: each sends one FCM request at a time (blocking, with
+    /// keep-alive), so pushes per second are about this divided by FCM's
+    /// answer time: 64 threads at 50 ms are ~1,300/s. They sleep while they
+    /// wait and run at a lower priority than the shards.
+    push_threads: usize = 64, env "STAMPEDE_PUSH_THREADS", default_help "64";
+    /// Push tasks (one per committed message with away members, then one
+    /// per device) that may wait for a push thread. When it is full, new
+    /// pushes are dropped and counted: a push is best-effort, a chat
+    /// message is not, and nothing on the message path ever waits for it.
+    push_queue: usize = 65_536, env "STAMPEDE_PUSH_QUEUE", default_help "65536";
+    /// Retries of one push on 429, 5xx or a network error (exponential
+    /// backoff with jitter, at least FCM's `Retry-After`).
+    push_retries: u32 = 5, env "STAMPEDE_PUSH_RETRIES", default_help "5";
     /// HTTP and WebSocket listener (STOMP endpoint path `/ws`).
     listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(), env "STAMPEDE_LISTEN", default_help "127.0.0.1:8080";
     /// Plain STOMP-over-TCP listener, or `off`.
@@ -438,10 +495,41 @@ impl Config {
             }
             _ => {}
         }
+        if self.join == JoinMode::Invite && !self.persist {
+            return Err(
+                "--join invite needs the store for its members: drop --persist false".to_string(),
+            );
+        }
+        let admin = self.admin_token.expose().len();
+        if admin > 0 && admin < MIN_ADMIN_TOKEN {
+            return Err(format!(
+                "--admin-token must be at least {MIN_ADMIN_TOKEN} bytes (got {admin})"
+            ));
+        }
+        if self.push_enabled() {
+            if !self.persist {
+                return Err(
+                    "push notifications need the store (members and devices): drop --persist false"
+                        .to_string(),
+                );
+            }
+            if !self.fcm_access_token.expose().is_empty() && self.fcm_project.is_empty() {
+                return Err("--fcm-access-token needs --fcm-project".to_string());
+            }
+            at_least(self.push_threads, 1, "push_threads")?;
+            at_least(self.push_queue, 16, "push_queue")?;
+        }
+        at_least(self.max_room_members, 1, "max_room_members")?;
+        at_least(self.max_devices_per_user, 1, "max_devices_per_user")?;
         if self.shards > 1024 {
             return Err(format!("shards must be at most 1024 (got {})", self.shards));
         }
         Ok(())
+    }
+
+    /// Whether push notifications are on (FCM credentials or a token given).
+    pub fn push_enabled(&self) -> bool {
+        !self.fcm_credentials.as_os_str().is_empty() || !self.fcm_access_token.expose().is_empty()
     }
 
     /// Connections each shard accepts (the process limit split evenly).

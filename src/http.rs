@@ -9,8 +9,11 @@
 pub(crate) enum Status {
     Ok,
     BadRequest,
+    Unauthorized,
+    Forbidden,
     NotFound,
     MethodNotAllowed,
+    Conflict,
     UpgradeRequired,
     HeaderFieldsTooLarge,
     InternalServerError,
@@ -23,8 +26,11 @@ impl Status {
         match self {
             Status::Ok => "200 OK",
             Status::BadRequest => "400 Bad Request",
+            Status::Unauthorized => "401 Unauthorized",
+            Status::Forbidden => "403 Forbidden",
             Status::NotFound => "404 Not Found",
             Status::MethodNotAllowed => "405 Method Not Allowed",
+            Status::Conflict => "409 Conflict",
             Status::UpgradeRequired => "426 Upgrade Required",
             Status::HeaderFieldsTooLarge => "431 Request Header Fields Too Large",
             Status::InternalServerError => "500 Internal Server Error",
@@ -33,10 +39,16 @@ impl Status {
     }
 }
 
-/// A complete answer that closes the connection.
+/// A complete answer that closes the connection. A 401 says which scheme
+/// to use (RFC 9110 §11.6.1).
 pub(crate) fn response(status: Status, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let challenge = if status == Status::Unauthorized {
+        "WWW-Authenticate: Bearer realm=\"stampede\"\r\n"
+    } else {
+        ""
+    };
     let mut r = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {}\r\n{challenge}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         status.line(),
         body.len()
     )

@@ -73,6 +73,14 @@ impl<S> RoomIndex<S> {
             .flat_map(|subs| subs.iter_mut().map(|(_, s)| s))
     }
 
+    /// Every subscriber of `room` with its key.
+    pub fn keyed(&self, room: &str) -> impl Iterator<Item = (usize, &S)> {
+        self.rooms
+            .get(room)
+            .into_iter()
+            .flat_map(|subs| subs.iter())
+    }
+
     /// Whether `room` has a local subscriber.
     pub fn has(&self, room: &str) -> bool {
         self.rooms.contains_key(room)

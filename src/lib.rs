@@ -21,6 +21,9 @@
 //!      every sequenced message to the writer, and RECEIPTs wait for its commit.
 //!    - `index`  — a shard's local subscribers per room (generic over the subscriber).
 //!    - `out`    — a connection's outbound buffer and closing state.
+//!    - `push`   — push notifications to away members: the FCM HTTP v1
+//!      client and its pool of blocking threads, fed after the commit
+//!      (names `store`, for the devices: the one sideways edge).
 //! 4. Protocol logic, testable alone:
 //!    - `session` — what each STOMP frame does, behind the `Broker` trait.
 //!    - `api`     — the plain HTTP endpoints (health, history), as answers or store reads.
@@ -45,6 +48,7 @@ mod http;
 mod index;
 pub mod message;
 pub mod out;
+mod push;
 mod rate;
 mod room;
 pub mod server;

@@ -16,7 +16,8 @@ use thiserror::Error;
 use crate::config::{Config, Listen};
 use crate::conn::ConnToken;
 use crate::message::Confirm;
-use crate::shard::msg::{External, Owed, ShardHandle};
+use crate::push::{self, PushLink, fcm};
+use crate::shard::msg::{External, ShardHandle, Tag};
 use crate::shard::{Shard, ShardListeners, ShardSetup, StoreLink, mesh};
 use crate::store::StoreError;
 use crate::store::pool::Pool;
@@ -38,6 +39,9 @@ pub enum StartError {
         cpu: usize,
         reason: String,
     },
+    /// Push notifications could not be set up (credentials).
+    #[error("push notifications: {0}")]
+    Push(String),
     /// Not every shard reported within `STARTUP_TIMEOUT` (see main: the
     /// cure is to start over).
     #[error("not every shard started within {} s", STARTUP_TIMEOUT.as_secs())]
@@ -237,6 +241,7 @@ impl Running {
 fn start_store(
     cfg: &Config,
     shards: &Arc<[ShardHandle]>,
+    push: Arc<std::sync::OnceLock<PushLink>>,
 ) -> Result<(StoreLink, Arc<WriterCounters>), StartError> {
     let conn = crate::store::open(&cfg.data_dir, cfg.durability)?;
     let want_space: Arc<[AtomicBool]> = (0..cfg.shards).map(|_| AtomicBool::new(false)).collect();
@@ -246,7 +251,7 @@ fn start_store(
         let want_space = want_space.clone();
         let counters = counters.clone();
         let n = cfg.shards;
-        move |c: Committed<Option<Owed>>| {
+        move |c: Committed<Tag>| {
             let size = c.tags.len() as u64;
             if size > 0 {
                 counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -259,8 +264,15 @@ fn start_store(
             }
             let error = c.error.map(Arc::new);
             let mut per: Vec<Vec<(ConnToken, Confirm)>> = (0..n).map(|_| Vec::new()).collect();
-            for o in c.tags.into_iter().flatten() {
-                per[o.shard].push((o.conn, o.what));
+            let stored = error.is_none();
+            for tag in c.tags {
+                if let Some(o) = tag.owed {
+                    per[o.shard].push((o.conn, o.what));
+                }
+                // A push announces only a stored message.
+                if let (Some(job), Some(push), true) = (tag.push, push.get(), stored) {
+                    push.offer(job);
+                }
             }
             for (i, owed) in per.into_iter().enumerate() {
                 if !owed.is_empty() {
@@ -317,6 +329,57 @@ fn start_store(
     ))
 }
 
+/// Start the push pool if push is on: FCM credentials, threads. Dead
+/// devices are deleted through the writer (`writer`, set once it runs).
+fn start_push(
+    cfg: &Config,
+    writer: crossbeam_channel::Sender<crate::shard::WriterItem>,
+) -> Result<Option<PushLink>, StartError> {
+    if !cfg.push_enabled() {
+        return Ok(None);
+    }
+    let err = |e: fcm::FcmError| StartError::Push(e.to_string());
+    let (credentials, project) = if !cfg.fcm_access_token.expose().is_empty() {
+        (
+            fcm::Credentials::AccessToken(cfg.fcm_access_token.expose().to_string()),
+            cfg.fcm_project.clone(),
+        )
+    } else {
+        let account = fcm::ServiceAccount::from_file(&cfg.fcm_credentials).map_err(err)?;
+        let project = if cfg.fcm_project.is_empty() {
+            account.project_id.clone()
+        } else {
+            cfg.fcm_project.clone()
+        };
+        (fcm::Credentials::ServiceAccount(account), project)
+    };
+    let client = fcm::Fcm::new(fcm::FcmConfig {
+        endpoint: cfg.fcm_endpoint.trim_end_matches('/').to_string(),
+        project,
+        credentials,
+        max_retries: cfg.push_retries,
+        ..fcm::FcmConfig::default()
+    })
+    .map_err(err)?;
+    let delete: push::DeleteDevice = Arc::new(move |user: Box<str>, token: Box<str>| {
+        // A plain thread: it may wait for room in the writer's queue.
+        let _ = writer.send(writer::Item::After(Box::new(move |conn| {
+            if let Err(e) = crate::store::members::remove_device(conn, &user, &token) {
+                tracing::warn!("cannot delete a dead push device: {e}");
+            }
+        })));
+    });
+    let link = push::start(
+        client,
+        cfg.push_threads,
+        cfg.push_queue,
+        &cfg.data_dir,
+        delete,
+    )?;
+    tracing::info!(threads = cfg.push_threads, endpoint = %cfg.fcm_endpoint, "push notifications on");
+    Ok(Some(link))
+}
+
 /// Start every shard; returns once every shard accepts.
 pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
@@ -338,12 +401,23 @@ pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> 
             }
         })
         .collect();
+    let push_cell = Arc::new(std::sync::OnceLock::new());
     let (store, counters) = if cfg.persist {
-        let (link, counters) = start_store(cfg, &shard_handles)?;
+        let (link, counters) = start_store(cfg, &shard_handles, push_cell.clone())?;
         (Some(link), Some(counters))
     } else {
         (None, None)
     };
+    // After the store (the push threads read its devices); before any
+    // shard, so no commit misses it.
+    let push = match &store {
+        Some(link) => start_push(cfg, link.writer.clone())?,
+        None => None,
+    };
+    let push_stats = push.as_ref().map(|p| p.stats().clone());
+    if let Some(p) = push {
+        let _ = push_cell.set(p);
+    }
     crate::shard::watchdog::spawn(shard_handles.iter().map(|h| h.alive.clone()).collect())?;
     let mut handles = Vec::with_capacity(cfg.shards);
     let mut stomp = listeners.stomp.into_iter();
@@ -359,6 +433,7 @@ pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> 
             inbox,
             handles: shard_handles.clone(),
             store: store.clone(),
+            push: push_stats.clone(),
         };
         let listeners = ShardListeners {
             http,

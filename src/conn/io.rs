@@ -184,10 +184,12 @@ impl Conn {
                 method,
                 path,
                 query,
+                authorization,
             } => Outcome::Request {
                 method,
                 path,
                 query,
+                authorization,
             },
             Request::Upgrade {
                 accept,

@@ -63,6 +63,8 @@ pub(crate) enum Outcome {
         method: String,
         path: String,
         query: Option<String>,
+        /// The `Authorization` header, for the API's callers.
+        authorization: Option<String>,
     },
     /// A valid WebSocket upgrade: take it here (`Conn::upgrade`) or move
     /// the connection to the shard that owns `room`.

@@ -50,6 +50,8 @@ impl SessionLimits {
 #[derive(Debug)]
 pub(crate) struct NewSub<'a> {
     pub room: &'a str,
+    /// The session's user (the owner lets them in, or not).
+    pub user: &'a str,
     /// The connection-local number of the subscription (used in `ack` ids
     /// and to find it again when messages or replay pages arrive).
     pub sub_n: u32,
@@ -91,6 +93,6 @@ pub(crate) trait Broker {
     fn publish(&self, draft: Draft, confirm: Option<Confirm>);
     /// Add a subscription.
     fn subscribe(&self, sub: NewSub<'_>) -> Subscribed;
-    /// Remove subscription `key` of `room`.
-    fn unsubscribe(&self, room: &str, key: usize);
+    /// Remove subscription `key` of `room`, held by `user`.
+    fn unsubscribe(&self, room: &str, key: usize, user: &str);
 }

@@ -129,6 +129,19 @@ impl Session {
         self.disconnect.as_ref().map(|d| d.deadline)
     }
 
+    /// The authenticated user (`x-sender`).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The room's owner ended subscription `sub_n` (its user is no longer
+    /// a member) and the shard removed it: forget it, without a frame.
+    pub fn forget_subscription(&mut self, sub_n: u32) {
+        if let Some(i) = self.subs.iter().position(|s| s.n == sub_n) {
+            self.subs.swap_remove(i);
+        }
+    }
+
     /// The room and broker key of subscription `sub_n`, if it still exists.
     pub fn subscription(&self, sub_n: u32) -> Option<(&str, usize)> {
         self.subs
@@ -191,7 +204,7 @@ impl Session {
     /// Remove every subscription (the connection is closing).
     pub fn unsubscribe_all(&mut self, broker: &impl Broker) {
         for sub in self.subs.drain(..) {
-            broker.unsubscribe(&sub.room, sub.key);
+            broker.unsubscribe(&sub.room, sub.key, &self.user);
         }
         self.txs.clear();
     }
@@ -444,6 +457,7 @@ impl Session {
         let receipt = f.header("receipt");
         let done = broker.subscribe(NewSub {
             room,
+            user: &self.user,
             sub_n: n,
             prefix: prefix.into(),
             mode,
@@ -497,7 +511,7 @@ impl Session {
             ));
         };
         let sub = self.subs.swap_remove(idx);
-        broker.unsubscribe(&sub.room, sub.key);
+        broker.unsubscribe(&sub.room, sub.key, &self.user);
         self.receipt(out, f.header("receipt"))?;
         Ok(())
     }

@@ -92,7 +92,7 @@ impl Broker for Fake {
             receipt_now: !self.defer_receipts || sub.receipt.is_none(),
         }
     }
-    fn unsubscribe(&self, room: &str, key: usize) {
+    fn unsubscribe(&self, room: &str, key: usize, _user: &str) {
         self.calls
             .borrow_mut()
             .push(Call::Unsubscribe(room.into(), key));

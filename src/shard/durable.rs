@@ -16,15 +16,17 @@ use tracing::error;
 
 use super::Work;
 use super::conns::Conns;
-use super::msg::{External, Owed, ReplayReq, ShardHandle};
+use super::msg::{External, Loaded, MemberReq, ReplayReq, ShardHandle, Tag};
 use crate::conn::ConnToken;
+use crate::store::members::load_members;
 use crate::store::pool::{Busy, Pool, ReadJob};
-use crate::store::writer::Item;
+use crate::store::writer::{Item, Op};
 use crate::store::{Page, Range, after_last_k, load_room, read_page, release_seqs, reserve_seqs};
 
 /// What a shard hands the writer: a message with the confirmation owed
-/// for it, or a job to run once everything before it is committed.
-pub(crate) type WriterItem = Item<Option<Owed>>;
+/// for it and its push, or a job to run once everything before it is
+/// committed.
+pub(crate) type WriterItem = Item<Tag>;
 
 /// A shard's links to the store (all of them `Send`, shared by shards).
 #[derive(Clone)]
@@ -86,6 +88,8 @@ pub(super) struct Durable {
     waiting: std::cell::Cell<usize>,
     /// Seqs reserved at a time (`seq_reserve`).
     block: u64,
+    /// `max_room_members`: members loaded with a room at most.
+    max_members: usize,
     stalled: RefCell<Vec<StalledReplay>>,
 }
 
@@ -96,6 +100,7 @@ impl Durable {
         handles: Arc<[ShardHandle]>,
         limits: ReplayLimits,
         block: u64,
+        max_members: usize,
     ) -> Durable {
         Durable {
             id,
@@ -106,6 +111,7 @@ impl Durable {
             loading: RefCell::default(),
             waiting: std::cell::Cell::new(0),
             block,
+            max_members,
             stalled: RefCell::default(),
         }
     }
@@ -219,10 +225,79 @@ impl Durable {
         drop(loading);
         let me = self.handles[self.id].clone();
         let block = self.block;
+        let max = self.max_members;
         self.persist(Item::After(Box::new(move |conn| {
-            let result = load_room(conn, &room, block);
+            let result = load_room(conn, &room, block).and_then(|seqs| {
+                Ok(Loaded {
+                    seqs: Some(seqs),
+                    members: Some(load_members(conn, &room, max)?),
+                })
+            });
             me.send(External::RoomLoaded { room, result });
         })));
+    }
+
+    /// Park `work` until `room`'s members are loaded (a subscription to let
+    /// in, an API change): only read, by a writer job so it sees every
+    /// member change queued before it, and nothing is written (a room that
+    /// only has subscribers never reserves seqs). Joins a load under way.
+    pub fn wait_for_members(&self, work: Work) {
+        let room: Box<str> = work.room().into();
+        self.waiting.set(self.waiting.get() + 1);
+        let mut loading = self.loading.borrow_mut();
+        if let Some(waiting) = loading.get_mut(&room) {
+            waiting.push(work);
+            return;
+        }
+        loading.insert(room.clone(), vec![work]);
+        drop(loading);
+        let me = self.handles[self.id].clone();
+        let max = self.max_members;
+        self.persist(Item::After(Box::new(move |conn| {
+            let result = load_members(conn, &room, max).map(|m| Loaded {
+                seqs: None,
+                members: Some(m),
+            });
+            me.send(External::RoomLoaded { room, result });
+        })));
+    }
+
+    /// Store that `user` became a member of `room` (`--join open`, by
+    /// subscribing); the owner has counted them already.
+    pub fn store_member(&self, room: &str, user: &str) {
+        self.persist(Item::Op(Box::new(Op::AddMember {
+            room: room.into(),
+            user: user.into(),
+            max: self.max_members,
+        })));
+    }
+
+    /// Store an API call's member change (`fits`: the loaded members took
+    /// it) and answer the HTTP connection that asked once it is stored.
+    pub fn member_change(&self, req: MemberReq, fits: bool, max: usize) {
+        let to = self.handles[req.shard].clone();
+        if !fits {
+            to.send(External::Http {
+                conn: req.conn,
+                response: crate::api::member_answer(&req.room, &req.user, req.add, None, max),
+            });
+            return;
+        }
+        self.persist(Item::After(Box::new(move |conn| {
+            let response = crate::api::member_write(conn, &req.room, &req.user, req.add, max);
+            to.send(External::Http {
+                conn: req.conn,
+                response,
+            });
+        })));
+    }
+
+    /// The room of an API member change could not be loaded.
+    pub fn member_failed(&self, req: MemberReq, why: &str) {
+        self.handles[req.shard].send(External::Http {
+            conn: req.conn,
+            response: crate::http::json_error(crate::http::Status::InternalServerError, why),
+        });
     }
 
     /// Reserve `room`'s seqs up to `upto` (more than half of its block is
@@ -238,7 +313,10 @@ impl Durable {
         drop(loading);
         let me = self.handles[self.id].clone();
         self.persist(Item::After(Box::new(move |conn| {
-            let result = reserve_seqs(conn, &room, upto);
+            let result = reserve_seqs(conn, &room, upto).map(|seqs| Loaded {
+                seqs: Some(seqs),
+                members: None,
+            });
             me.send(External::RoomLoaded { room, result });
         })));
     }
@@ -425,7 +503,7 @@ mod tests {
             page: 10,
             max_outbound_bytes: 1 << 20,
         };
-        (Durable::new(0, Some(link), handles, limits, 100), rx)
+        (Durable::new(0, Some(link), handles, limits, 100, 1000), rx)
     }
 
     fn msg(seq: u64) -> WriterItem {
@@ -440,14 +518,14 @@ mod tests {
                 seq,
                 timestamp_ms: 0,
             },
-            None,
+            Tag::default(),
         )
     }
 
     fn seq(item: WriterItem) -> u64 {
         match item {
             Item::Msg(p) => p.msg.seq,
-            Item::After(_) => 0,
+            Item::After(_) | Item::Op(_) => 0,
         }
     }
 

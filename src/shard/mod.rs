@@ -49,19 +49,23 @@ use crate::config::Config;
 use crate::conn::{ConnRates, ConnToken, Phase, Sock, Used};
 use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
 use crate::out::Out;
+use crate::push::{PushJob, PushStats};
 use crate::rate::RateLimit;
 use crate::room::owner_of;
 use crate::session::{Broker, NewSub, Session, SessionLimits, Subscribed};
 use crate::stomp::frame::Limits;
-use crate::store::{Page, RoomSeqs, StoreError};
+use crate::store::{Page, StoreError};
 use crate::ws::framing::CloseCode;
 use conns::{ConnRef, Conns};
 use durable::{Durable, ReplayLimits, Start};
 pub(crate) use durable::{StoreLink, WriterItem};
 use lifecycle::Lifecycle;
-use msg::{External, Interest, Owed, Refusal, ReplayReq, ShardHandle, ShardMsg};
+use msg::{
+    External, Interest, JoinReq, Loaded, MemberReq, Owed, Refusal, ReplayReq, ShardHandle,
+    ShardMsg, Tag,
+};
 use peers::Peers;
-use rooms::{FanoutLimits, PageDone, ReplayHold, Rooms, Seq, Subscriber};
+use rooms::{Deny, FanoutLimits, Hold, PageDone, Rooms, Seq, Subscriber};
 
 /// Where a message came from, for its RECEIPT.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +95,10 @@ enum Work {
     },
     /// Start a replay for a subscription of a room this shard owns.
     Replay(ReplayReq),
+    /// Let a subscription of a room this shard owns in (or not).
+    Join(JoinReq),
+    /// Change the members of a room this shard owns (an API call).
+    Member(MemberReq),
 }
 
 impl Work {
@@ -98,6 +106,8 @@ impl Work {
         match self {
             Work::Publish { draft, .. } => &draft.room,
             Work::Replay(r) => &r.room,
+            Work::Join(j) => &j.room,
+            Work::Member(m) => &m.room,
         }
     }
 }
@@ -117,6 +127,8 @@ pub(crate) struct ShardSetup {
     pub handles: Arc<[ShardHandle]>,
     /// The SQLite writer and readers; `None` with `--persist false`.
     pub store: Option<StoreLink>,
+    /// The push pool's counters, when push is on (`GET /api/push`).
+    pub push: Option<Arc<PushStats>>,
 }
 
 pub(crate) struct Shard {
@@ -128,6 +140,14 @@ pub(crate) struct Shard {
     frame_limits: Limits,
     session_limits: SessionLimits,
     auth: crate::auth::Authenticator,
+    /// Members are tracked (there is a store): subscriptions are let in by
+    /// the room's owner, which knows who is present.
+    tracking: bool,
+    /// `--join invite`.
+    invite: bool,
+    /// The push pool's counters; `Some`: push is on, so messages carry
+    /// the room's away members to the writer.
+    push: Option<Arc<PushStats>>,
     /// `--max-publish-rate`, `--max-subscribe-rate` and their bursts.
     rates: ConnRates,
     conns: Conns,
@@ -151,6 +171,7 @@ impl Shard {
             inbox,
             handles,
             store,
+            push,
         } = setup;
         let id = mesh.id;
         let nshards = cfg.shards;
@@ -166,6 +187,9 @@ impl Shard {
             },
             session_limits: SessionLimits::from_config(&cfg),
             auth: crate::auth::Authenticator::from_config(&cfg),
+            tracking: persistent,
+            invite: cfg.join == crate::config::JoinMode::Invite,
+            push,
             rates: ConnRates {
                 publish: RateLimit::new(cfg.max_publish_rate, cfg.publish_burst),
                 subscribe: RateLimit::new(cfg.max_subscribe_rate, cfg.subscribe_burst),
@@ -192,6 +216,7 @@ impl Shard {
                     max_outbound_bytes: cfg.max_outbound_bytes,
                 },
                 cfg.seq_reserve,
+                cfg.max_room_members,
             ),
             life: Lifecycle::default(),
             work: RefCell::default(),
@@ -309,10 +334,14 @@ impl Shard {
         }
     }
 
-    /// Add a local subscriber. With `replay`, the subscriber holds live
-    /// messages back and the owner is asked for the stored ones.
+    /// Add a local subscriber. With a store, the room's owner must let it
+    /// in first (`Work::Join`); with `replay`, it is sent the stored
+    /// messages. Until both are done it holds live messages back.
     fn subscribe(&self, me: &ConnRef, token: ConnToken, sub: NewSub<'_>) -> Subscribed {
         let owner = owner_of(sub.room, self.nshards);
+        let tracking = self.tracking;
+        let hold =
+            (tracking || sub.replay.is_some()).then(|| Hold::new(tracking, sub.replay.is_some()));
         let added = self.rooms.borrow_mut().add_local(
             sub.room,
             Subscriber {
@@ -321,26 +350,43 @@ impl Shard {
                 prefix: sub.prefix,
                 mode: sub.mode,
                 version: sub.version,
-                replay: sub.replay.map(|_| Box::<ReplayHold>::default()),
+                hold,
+                joined: false,
             },
         );
+        let join = tracking.then(|| JoinReq {
+            room: sub.room.into(),
+            user: sub.user.into(),
+            shard: self.id,
+            conn: token,
+            sub_n: sub.sub_n,
+            receipt: sub.receipt.map(Into::into),
+        });
         let replay = sub.replay.map(|from| ReplayReq {
             room: sub.room.into(),
+            user: sub.user.into(),
             from,
             shard: self.id,
             conn: token,
             sub_n: sub.sub_n,
         });
         if owner == self.id {
+            let mut work = self.work.borrow_mut();
+            if let Some(j) = join {
+                work.push_back(Work::Join(j));
+            }
             if let Some(req) = replay {
-                self.work.borrow_mut().push_back(Work::Replay(req));
+                work.push_back(Work::Replay(req));
             }
             return Subscribed {
                 key: added.key,
-                receipt_now: true,
+                receipt_now: !tracking,
             };
         }
-        if added.first || sub.receipt.is_some() {
+        // Without a store the owner's answer to the interest carries the
+        // receipt; with one, its answer to the join does.
+        let reply = if tracking { None } else { sub.receipt };
+        if added.first || reply.is_some() {
             self.peers.send(
                 owner,
                 ShardMsg::Interest {
@@ -350,12 +396,15 @@ impl Shard {
                     } else {
                         Interest::Sync
                     },
-                    reply: sub.receipt.map(|r| (token, r.into())),
+                    reply: reply.map(|r| (token, r.into())),
                 },
             );
         }
         // After the interest: from the seq the owner reads when it gets
-        // this, every message of the room reaches us live.
+        // these, every message of the room reaches us live.
+        if let Some(j) = join {
+            self.peers.send(owner, ShardMsg::Join(j));
+        }
         if let Some(req) = replay {
             self.peers.send(owner, ShardMsg::Replay(req));
         }
@@ -365,9 +414,12 @@ impl Shard {
         }
     }
 
-    fn unsubscribe(&self, room: &str, key: usize) {
-        let last = self.rooms.borrow_mut().remove_local(room, key);
+    fn unsubscribe(&self, room: &str, key: usize, user: &str) {
+        let (last, joined) = self.rooms.borrow_mut().remove_local(room, key);
         let owner = owner_of(room, self.nshards);
+        if joined {
+            self.leave(room, user);
+        }
         if last && owner != self.id {
             self.peers.send(
                 owner,
@@ -378,6 +430,163 @@ impl Shard {
                 },
             );
         }
+    }
+
+    /// Tell `room`'s owner that a subscription of `user` it let in ended.
+    fn leave(&self, room: &str, user: &str) {
+        let owner = owner_of(room, self.nshards);
+        if owner == self.id {
+            self.rooms.borrow_mut().leave(room, user);
+        } else {
+            self.peers.send(
+                owner,
+                ShardMsg::Leave {
+                    room: room.into(),
+                    user: user.into(),
+                },
+            );
+        }
+    }
+
+    // ---- members ------------------------------------------------------------
+
+    /// Owner side: let a subscription in (`--join invite`: members only;
+    /// `open`: a newcomer becomes a member) and count its user present.
+    fn join(&self, req: JoinReq) {
+        let mut rooms = self.rooms.borrow_mut();
+        // `--join open` lets everyone in: no need to wait for the members.
+        if self.invite && !rooms.members_loaded(&req.room) {
+            drop(rooms);
+            self.durable.wait_for_members(Work::Join(req));
+            return;
+        }
+        let admitted = rooms.admit(&req.room, &req.user, self.invite, self.cfg.max_room_members);
+        drop(rooms);
+        let result = match admitted {
+            Ok(new) => {
+                if new {
+                    self.durable.store_member(&req.room, &req.user);
+                }
+                Ok(())
+            }
+            Err(Deny::NotMember) => Err(Refusal::NotMember(req.room.clone())),
+            Err(Deny::Full) => Err(Refusal::RoomFull(req.room.clone())),
+        };
+        if req.shard == self.id {
+            self.joined(
+                req.conn,
+                req.sub_n,
+                &req.room,
+                &req.user,
+                result,
+                req.receipt,
+            );
+        } else {
+            self.peers.send(
+                req.shard,
+                ShardMsg::Joined {
+                    conn: req.conn,
+                    sub_n: req.sub_n,
+                    room: req.room,
+                    user: req.user,
+                    result,
+                    receipt: req.receipt,
+                },
+            );
+        }
+    }
+
+    /// Subscriber side: the owner let subscription `sub_n` of `token` in
+    /// (write what it held and the SUBSCRIBE's receipt) or refused it
+    /// (ERROR and close). Gone meanwhile: tell the owner it left.
+    fn joined(
+        &self,
+        token: ConnToken,
+        sub_n: u32,
+        room: &str,
+        user: &str,
+        result: Result<(), Refusal>,
+        receipt: Option<Box<str>>,
+    ) {
+        let found = self.conns.get(token).and_then(|conn| {
+            let key = match conn.borrow().session().subscription(sub_n) {
+                Some((r, key)) if r == room => key,
+                _ => return None,
+            };
+            Some((conn, key))
+        });
+        match (found, result) {
+            (None, Ok(())) => self.leave(room, user),
+            (None, Err(_)) => {}
+            (Some((conn, key)), Ok(())) => {
+                {
+                    let mut c = conn.borrow_mut();
+                    if !self
+                        .rooms
+                        .borrow_mut()
+                        .admitted(&conn, &mut c, room, key, sub_n)
+                    {
+                        drop(c);
+                        return self.leave(room, user);
+                    }
+                    self.conns.queue_flush(&conn, &mut c);
+                }
+                if let Some(r) = receipt {
+                    self.write_receipt(token, &r);
+                }
+            }
+            (Some(_), Err(why)) => {
+                self.refuse_for(token, receipt.as_deref(), &why);
+            }
+        }
+    }
+
+    /// `user` is no longer a member of `room`: end their subscriptions to
+    /// it on this shard, silently (a later SEND gets the ERROR).
+    fn evict(&self, room: &str, user: &str) {
+        let subs = self.rooms.borrow().joined_of(room, user);
+        for (conn, key, sub_n) in subs {
+            conn.borrow_mut().session_out().0.forget_subscription(sub_n);
+            self.unsubscribe(room, key, user);
+        }
+    }
+
+    /// An API call to change a room's members: to the room's owner.
+    fn member_request(&self, req: MemberReq) {
+        let owner = owner_of(&req.room, self.nshards);
+        if owner == self.id {
+            self.work.borrow_mut().push_back(Work::Member(req));
+        } else {
+            self.peers.send(owner, ShardMsg::Member(req));
+        }
+    }
+
+    /// Owner side of `PUT|DELETE /api/rooms/{room}/members/{user}`:
+    /// change the loaded members at once, end a removed member's
+    /// subscriptions everywhere, store the change and answer once stored.
+    fn member(&self, req: MemberReq) {
+        let mut rooms = self.rooms.borrow_mut();
+        if !rooms.members_loaded(&req.room) {
+            drop(rooms);
+            self.durable.wait_for_members(Work::Member(req));
+            return;
+        }
+        let max = self.cfg.max_room_members;
+        let changed = rooms.change_member(&req.room, &req.user, req.add, max);
+        drop(rooms);
+        if changed == Some(true) && !req.add {
+            for p in (0..self.nshards).filter(|&p| p != self.id) {
+                self.peers.send(
+                    p,
+                    ShardMsg::Evict {
+                        room: req.room.clone(),
+                        user: req.user.clone(),
+                    },
+                );
+            }
+            self.evict(&req.room, &req.user);
+        }
+        self.durable.member_change(req, changed.is_some(), max);
     }
 
     fn run_work(&self) {
@@ -397,6 +606,8 @@ impl Shard {
                 confirm,
             } => self.sequence(draft, origin, confirm),
             Work::Replay(req) => self.start_replay(req),
+            Work::Join(req) => self.join(req),
+            Work::Member(req) => self.member(req),
         }
     }
 
@@ -406,6 +617,16 @@ impl Shard {
     /// goes now).
     fn sequence(&self, draft: Draft, origin: Origin, confirm: Option<Confirm>) {
         let mut rooms = self.rooms.borrow_mut();
+        if self.invite && rooms.is_member(&draft.room, &draft.sender) == Some(false) {
+            drop(rooms);
+            let (shard, conn) = origin.split(self.id);
+            let receipt = match confirm {
+                Some(Confirm::Receipt(r)) => Some(r),
+                _ => None,
+            };
+            self.refuse_at(shard, conn, receipt, Refusal::NotMember(draft.room));
+            return;
+        }
         let (seq, targets) = match rooms.sequence(&draft.room) {
             Seq::Given(seq, targets, reserve) => {
                 if let Some(upto) = reserve {
@@ -448,11 +669,25 @@ impl Shard {
             self.peers.send(p, ShardMsg::Deliver(msg.clone()));
         }
         rooms.deliver_local(&msg, &self.conns);
+        let push = self.push.as_ref().and_then(|_| {
+            let away = rooms.away(&msg.draft.room)?;
+            if away.len() == 1 && away[0] == msg.draft.sender {
+                return None;
+            }
+            Some(Box::new(PushJob {
+                room: msg.draft.room.clone(),
+                seq,
+                sender: msg.draft.sender.clone(),
+                text: PushJob::text_of(&msg.draft.body),
+                away,
+            }))
+        });
         drop(rooms);
         let (shard, conn) = origin.split(self.id);
         let owed = confirm.map(|what| Owed { shard, conn, what });
         if self.durable.persistent() {
-            self.durable.persist(WriterItem::msg(msg, owed));
+            self.durable
+                .persist(WriterItem::msg(msg, Tag { owed, push }));
         } else if let Some(owed) = owed {
             match owed.what {
                 Confirm::Receipt(r) if shard == self.id => self.write_receipt(conn, &r),
@@ -470,10 +705,18 @@ impl Shard {
     /// later ones reach the subscriber live) and read it once everything
     /// up to there is committed.
     fn start_replay(&self, req: ReplayReq) {
-        let Some(upto) = self.rooms.borrow_mut().last_given(&req.room) else {
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(mut upto) = rooms.last_given(&req.room) else {
+            drop(rooms);
             self.durable.wait_for_room(Work::Replay(req));
             return;
         };
+        if self.invite && rooms.is_member(&req.room, &req.user) != Some(true) {
+            // Refused (or removed since): an empty replay, so the
+            // subscription's hold ends; the refusal or eviction follows.
+            upto = 0;
+        }
+        drop(rooms);
         let start = match req.from {
             ReplayFrom::Since(n) => Start::After(n),
             ReplayFrom::Last(k) => Start::LastK(k),
@@ -482,11 +725,13 @@ impl Shard {
     }
 
     /// A room's last stored seq was read (or could not be): run what waited.
-    fn room_loaded(&self, room: &str, result: Result<RoomSeqs, StoreError>) {
+    fn room_loaded(&self, room: &str, result: Result<Loaded, StoreError>) {
         let works = self.durable.room_loaded(room);
         match result {
-            Ok(seqs) => {
-                self.rooms.borrow_mut().loaded(room, seqs);
+            Ok(loaded) => {
+                self.rooms
+                    .borrow_mut()
+                    .loaded(room, loaded.seqs, loaded.members, self.invite);
                 for w in works {
                     self.run_one(w);
                 }
@@ -507,6 +752,11 @@ impl Shard {
                             (shard, conn, receipt)
                         }
                         Work::Replay(req) => (req.shard, req.conn, None),
+                        Work::Join(req) => (req.shard, req.conn, req.receipt),
+                        Work::Member(req) => {
+                            self.durable.member_failed(req, &e_text(&why));
+                            continue;
+                        }
                     };
                     self.refuse_at(shard, conn, receipt, why.clone());
                 }
@@ -600,11 +850,28 @@ impl Shard {
         self.conns.mark_dirty(&conn);
     }
 
+    /// ERROR for `why` (answering `receipt`, if any) and close a local
+    /// connection: a policy close (1008) for a refusal of who the client
+    /// is, an internal error (1011) for the server's own failure.
+    fn refuse_for(&self, token: ConnToken, receipt: Option<&str>, why: &Refusal) {
+        let Some(conn) = self.conns.get(token) else {
+            return;
+        };
+        let (message, detail) = why.error_text();
+        let code = match why {
+            Refusal::HistoryUnavailable(_) => CloseCode::Error,
+            Refusal::NotMember(_) | Refusal::RoomFull(_) => CloseCode::Policy,
+        };
+        conn.borrow_mut()
+            .out_mut()
+            .error(message, receipt, &[], &detail, code);
+        self.conns.mark_dirty(&conn);
+    }
+
     /// ERROR and close connection `conn` of shard `shard`.
     fn refuse_at(&self, shard: usize, conn: ConnToken, receipt: Option<Box<str>>, why: Refusal) {
         if shard == self.id {
-            let (message, detail) = why.error_text();
-            self.refuse(conn, receipt.as_deref(), message, &detail);
+            self.refuse_for(conn, receipt.as_deref(), &why);
         } else {
             self.peers
                 .send(shard, ShardMsg::Refuse { conn, receipt, why });
@@ -630,8 +897,7 @@ impl Shard {
             ShardMsg::Deliver(msg) => self.rooms.borrow_mut().deliver_local(&msg, &self.conns),
             ShardMsg::Receipt { conn, receipt } => self.write_receipt(conn, &receipt),
             ShardMsg::Refuse { conn, receipt, why } => {
-                let (message, detail) = why.error_text();
-                self.refuse(conn, receipt.as_deref(), message, &detail);
+                self.refuse_for(conn, receipt.as_deref(), &why);
             }
             ShardMsg::Interest {
                 room,
@@ -644,6 +910,18 @@ impl Shard {
                 }
             }
             ShardMsg::Replay(req) => self.work.borrow_mut().push_back(Work::Replay(req)),
+            ShardMsg::Join(req) => self.work.borrow_mut().push_back(Work::Join(req)),
+            ShardMsg::Member(req) => self.work.borrow_mut().push_back(Work::Member(req)),
+            ShardMsg::Joined {
+                conn,
+                sub_n,
+                room,
+                user,
+                result,
+                receipt,
+            } => self.joined(conn, sub_n, &room, &user, result, receipt),
+            ShardMsg::Leave { room, user } => self.rooms.borrow_mut().leave(&room, &user),
+            ShardMsg::Evict { room, user } => self.evict(&room, &user),
             ShardMsg::Quiesce => self.life.peer_quiesced(),
             ShardMsg::Adopt {
                 fd,
@@ -787,6 +1065,11 @@ impl Shard {
     }
 }
 
+/// The text of a refusal, for an HTTP answer.
+fn e_text(why: &Refusal) -> String {
+    why.error_text().1
+}
+
 /// Batches taken from each peer per turn of the receive task: a peer that
 /// keeps its queue to us full would otherwise hold this shard's receive
 /// task (and so the shard) for as long as it keeps up. A batch is one
@@ -863,8 +1146,8 @@ impl Broker for ConnBroker<'_> {
         self.shard.subscribe(self.me, self.token, sub)
     }
 
-    fn unsubscribe(&self, room: &str, key: usize) {
+    fn unsubscribe(&self, room: &str, key: usize, user: &str) {
         self.count(|u| u.sub_changes = u.sub_changes.saturating_add(1));
-        self.shard.unsubscribe(room, key);
+        self.shard.unsubscribe(room, key, user);
     }
 }

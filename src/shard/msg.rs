@@ -11,7 +11,17 @@ use crossbeam_channel::Sender;
 use super::mesh::Ringer;
 use crate::conn::ConnToken;
 use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
+use crate::push::PushJob;
 use crate::store::{Page, RoomSeqs, StoreError};
+
+/// What a room load read: where its seqs stand and, on a full load (not a
+/// mere extension of the reservation), its members.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// `None` after a load of the members alone.
+    pub seqs: Option<RoomSeqs>,
+    pub members: Option<Vec<Box<str>>>,
+}
 
 /// A change in whether the sending shard has subscribers of a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +43,24 @@ pub(crate) struct Owed {
     pub what: Confirm,
 }
 
+/// What travels with a message through the writer: the confirmation owed
+/// for it, and the push to its room's away members (offered to the push
+/// pool only once the message is committed).
+#[derive(Debug, Default)]
+pub(crate) struct Tag {
+    pub owed: Option<Owed>,
+    pub push: Option<Box<PushJob>>,
+}
+
 /// Why a room's owner could not take a connection's SEND or SUBSCRIBE.
 #[derive(Debug, Clone)]
 pub(crate) enum Refusal {
     /// The room's last stored seq could not be read.
     HistoryUnavailable(Arc<StoreError>),
+    /// `--join invite` and the user is not a member of the room.
+    NotMember(Box<str>),
+    /// `--join open`, a newcomer, and the room has `max_room_members`.
+    RoomFull(Box<str>),
 }
 
 impl Refusal {
@@ -48,14 +71,51 @@ impl Refusal {
                 "history unavailable",
                 format!("the room's history could not be read: {e}"),
             ),
+            Refusal::NotMember(room) => (
+                "not a member",
+                format!("only members of room '{room}' may subscribe or send to it"),
+            ),
+            Refusal::RoomFull(room) => (
+                "room full",
+                format!("room '{room}' has as many members as it may have"),
+            ),
         }
     }
+}
+
+/// A subscription asks its room's owner to be let in: the owner checks
+/// (`--join invite`) or records (`--join open`) the membership and counts
+/// the user as present.
+#[derive(Debug, Clone)]
+pub(crate) struct JoinReq {
+    pub room: Box<str>,
+    pub user: Box<str>,
+    /// The subscriber: its shard, connection and subscription number.
+    pub shard: usize,
+    pub conn: ConnToken,
+    pub sub_n: u32,
+    /// The SUBSCRIBE's receipt, written once it is let in.
+    pub receipt: Option<Box<str>>,
+}
+
+/// An API call changes a room's members (`PUT|DELETE
+/// /api/rooms/{room}/members/{user}`), answered to HTTP connection `conn`
+/// of shard `shard` once stored.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberReq {
+    pub room: Box<str>,
+    pub user: Box<str>,
+    pub add: bool,
+    pub shard: usize,
+    pub conn: ConnToken,
 }
 
 /// A subscription asks its room's owner for a replay.
 #[derive(Debug, Clone)]
 pub(crate) struct ReplayReq {
     pub room: Box<str>,
+    /// The subscriber's user (`--join invite`: members only).
+    pub user: Box<str>,
     pub from: ReplayFrom,
     /// The subscriber: its shard, connection and subscription number.
     pub shard: usize,
@@ -89,6 +149,26 @@ pub(crate) enum ShardMsg {
         change: Interest,
         reply: Option<(ConnToken, Box<str>)>,
     },
+    /// To a room's owner: let a new subscription in (after its `Interest`).
+    Join(JoinReq),
+    /// From a room's owner: subscription `sub_n` of `conn` is let in
+    /// (`Ok`) or refused. `room` and `user` let the subscriber say it left
+    /// if the subscription is gone meanwhile.
+    Joined {
+        conn: ConnToken,
+        sub_n: u32,
+        room: Box<str>,
+        user: Box<str>,
+        result: Result<(), Refusal>,
+        receipt: Option<Box<str>>,
+    },
+    /// To a room's owner: one subscription of `user` let in before has ended.
+    Leave { room: Box<str>, user: Box<str> },
+    /// From a room's owner: `user` is no longer a member: end their
+    /// subscriptions to `room` here (without an ERROR).
+    Evict { room: Box<str>, user: Box<str> },
+    /// To a room's owner: an API call changes its members.
+    Member(MemberReq),
     /// To a room's owner: replay stored messages to a new subscription
     /// (sent after the subscription's `Interest`, so the owner knows from
     /// which seq on the live messages reach it).
@@ -139,7 +219,20 @@ impl ShardMsg {
                 ShardMsg::Interest { room, reply, .. } => {
                     room.len() + reply.as_ref().map_or(0, |(_, r)| r.len())
                 }
-                ShardMsg::Replay(req) => req.room.len(),
+                ShardMsg::Replay(req) => req.room.len() + req.user.len(),
+                ShardMsg::Join(j) => {
+                    j.room.len() + j.user.len() + j.receipt.as_ref().map_or(0, |r| r.len())
+                }
+                ShardMsg::Joined {
+                    room,
+                    user,
+                    receipt,
+                    ..
+                } => room.len() + user.len() + receipt.as_ref().map_or(0, |r| r.len()),
+                ShardMsg::Leave { room, user } | ShardMsg::Evict { room, user } => {
+                    room.len() + user.len()
+                }
+                ShardMsg::Member(m) => m.room.len() + m.user.len(),
                 ShardMsg::Quiesce => 0,
                 ShardMsg::Adopt {
                     inbound, outbound, ..
@@ -160,7 +253,7 @@ pub(crate) enum External {
     /// continue; after an extension, how far they are now reserved.
     RoomLoaded {
         room: Box<str>,
-        result: Result<RoomSeqs, StoreError>,
+        result: Result<Loaded, StoreError>,
     },
     /// A page of a replay for subscription `sub_n` of `conn`, covering
     /// stored seqs up to `upto` (later ones reach it live).

@@ -14,6 +14,7 @@
 //! would give the same seq to a second message.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conns::{ConnRef, Conns};
@@ -39,17 +40,61 @@ pub(crate) struct Subscriber {
     pub prefix: Box<[u8]>,
     pub mode: AckMode,
     pub version: Version,
-    /// Set while a replay (`x-since-seq`, `x-replay-last`) is being sent:
-    /// live messages wait here until it ends.
-    pub replay: Option<Box<ReplayHold>>,
+    /// Set while the owner has not let the subscription in yet, or while
+    /// a replay (`x-since-seq`, `x-replay-last`) is being sent: live
+    /// messages wait here until both are done.
+    pub hold: Option<Box<Hold>>,
+    /// The owner let it in and counts its user as present: it must be
+    /// told when the subscription ends (`ShardMsg::Leave`).
+    pub joined: bool,
 }
 
-/// Live messages held back while a subscription's replay is sent.
+/// Live messages held back from a subscription until the owner lets it in
+/// and its replay is sent.
 #[derive(Default)]
-pub(crate) struct ReplayHold {
+pub(crate) struct Hold {
     held: Vec<Sequenced>,
     /// Bytes of bodies and headers held (bounded by `max_outbound_bytes`).
     bytes: usize,
+    /// Waiting for the owner's `Joined`.
+    admitting: bool,
+    /// Waiting for the replay's last page.
+    replaying: bool,
+    /// The last seq the replay covered (held messages up to it are dropped).
+    upto: u64,
+}
+
+impl Hold {
+    /// A hold waiting for the owner (`admitting`) and/or a replay.
+    pub fn new(admitting: bool, replaying: bool) -> Box<Hold> {
+        Box::new(Hold {
+            admitting,
+            replaying,
+            ..Hold::default()
+        })
+    }
+}
+
+/// A room's members as its owner knows them (loaded with the room), and
+/// who of them is present (has a live subscription on any shard).
+#[derive(Default)]
+pub(crate) struct Members {
+    /// `set` holds every member (read from the store). Until then only
+    /// presence is counted: `--join open` lets everyone in without it.
+    loaded: bool,
+    set: std::collections::HashSet<Box<str>>,
+    /// Live subscriptions let in, per user.
+    online: HashMap<Box<str>, u32>,
+    /// Members with no live subscription, built when a message needs it
+    /// and kept until presence or membership changes.
+    away: Option<Arc<[Box<str>]>>,
+}
+
+/// Why the owner did not let a subscription in (`Rooms::admit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deny {
+    NotMember,
+    Full,
 }
 
 /// State the owner shard keeps per room.
@@ -68,6 +113,8 @@ struct OwnedRoom {
     reserved: u64,
     /// More seqs are being reserved.
     extending: bool,
+    /// Its members (with a store; loaded with the room).
+    members: Option<Box<Members>>,
 }
 
 /// Limits the fan-out enforces per connection.
@@ -147,15 +194,153 @@ impl Rooms {
         self.local.insert(room, sub)
     }
 
-    /// Remove local subscriber `key` of `room`; whether it was the room's
-    /// last one here.
-    pub fn remove_local(&mut self, room: &str, key: usize) -> bool {
-        let last = self.local.remove(room, key).is_some_and(|(_, last)| last);
+    /// Remove local subscriber `key` of `room`: whether it was the room's
+    /// last one here, and whether the owner had let it in (`joined`).
+    pub fn remove_local(&mut self, room: &str, key: usize) -> (bool, bool) {
+        let Some((sub, last)) = self.local.remove(room, key) else {
+            return (false, false);
+        };
         if last && let Some(owned) = self.owned.get_mut(room) {
             // Idle from now on, not from its last message.
             owned.last_active = Instant::now();
         }
-        last
+        (last, sub.joined)
+    }
+
+    /// The subscriptions to `room` here that were let in and whose
+    /// connection's user is `user`: (connection, subscription key and number).
+    pub fn joined_of(&self, room: &str, user: &str) -> Vec<(ConnRef, usize, u32)> {
+        self.local
+            .keyed(room)
+            .filter(|(_, s)| s.joined && s.conn.borrow().session().user() == user)
+            .map(|(key, s)| (s.conn.clone(), key, s.sub_n))
+            .collect()
+    }
+
+    /// The owner let subscription `key` of `room` in (`sub_n` of `conn`):
+    /// write the messages held meanwhile unless a replay still runs.
+    /// Whether it was still there.
+    pub fn admitted(
+        &mut self,
+        conn: &ConnRef,
+        c: &mut Conn,
+        room: &str,
+        key: usize,
+        sub_n: u32,
+    ) -> bool {
+        let limits = self.limits;
+        let Some(sub) = self.local.get_mut(room, key) else {
+            return false;
+        };
+        if sub.sub_n != sub_n || !std::rc::Rc::ptr_eq(&sub.conn, conn) {
+            return false;
+        }
+        sub.joined = true;
+        if let Some(hold) = &mut sub.hold {
+            hold.admitting = false;
+        }
+        release(sub, c, limits);
+        true
+    }
+
+    // ---- members (owned rooms, with a store) -----------------------------
+
+    /// Whether `room`'s members are loaded (else: load them first).
+    pub fn members_loaded(&mut self, room: &str) -> bool {
+        self.owned(room).members.as_ref().is_some_and(|m| m.loaded)
+    }
+
+    /// Let a subscription of `user` in: `invite` checks the membership
+    /// (the members must be loaded), `open` makes a newcomer a member
+    /// (`Ok(true)`: store it; without the members loaded every user is
+    /// stored, the store skips those it has). The user then counts as
+    /// present.
+    pub fn admit(
+        &mut self,
+        room: &str,
+        user: &str,
+        invite: bool,
+        max: usize,
+    ) -> Result<bool, Deny> {
+        let m = self.members_of(room);
+        let mut new = !m.loaded;
+        if m.loaded && !m.set.contains(user) {
+            if invite {
+                return Err(Deny::NotMember);
+            }
+            if m.set.len() >= max {
+                return Err(Deny::Full);
+            }
+            m.set.insert(user.into());
+            new = true;
+        }
+        match m.online.get_mut(user) {
+            Some(n) => *n += 1,
+            None => {
+                m.online.insert(user.into(), 1);
+                m.away = None;
+            }
+        }
+        Ok(new)
+    }
+
+    /// A subscription of `user` let in before has ended.
+    pub fn leave(&mut self, room: &str, user: &str) {
+        let Some(m) = self.owned.get_mut(room).and_then(|o| o.members.as_mut()) else {
+            return;
+        };
+        if let Some(n) = m.online.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                m.online.remove(user);
+                m.away = None;
+            }
+        }
+    }
+
+    /// An API call adds (`add`) or removes `user`: whether that changed
+    /// anything, `None` when the room is full. The members must be loaded.
+    pub fn change_member(&mut self, room: &str, user: &str, add: bool, max: usize) -> Option<bool> {
+        let m = self.members_of(room);
+        let changed = if add {
+            if !m.set.contains(user) && m.set.len() >= max {
+                return None;
+            }
+            m.set.insert(user.into())
+        } else {
+            m.set.remove(user)
+        };
+        if changed {
+            m.away = None;
+        }
+        Some(changed)
+    }
+
+    /// Whether `user` is a member of `room`; `None` while not loaded.
+    pub fn is_member(&self, room: &str, user: &str) -> Option<bool> {
+        let m = self.owned.get(room)?.members.as_ref()?;
+        m.loaded.then(|| m.set.contains(user))
+    }
+
+    /// The members of `room` with no live subscription (`None`: nobody,
+    /// or not loaded). Rebuilt only after presence or membership changed.
+    pub fn away(&mut self, room: &str) -> Option<Arc<[Box<str>]>> {
+        let m = self.owned.get_mut(room)?.members.as_mut()?;
+        if !m.loaded {
+            return None;
+        }
+        let away = m.away.get_or_insert_with(|| {
+            m.set
+                .iter()
+                .filter(|u| !m.online.contains_key(*u))
+                .cloned()
+                .collect()
+        });
+        (!away.is_empty()).then(|| away.clone())
+    }
+
+    fn members_of(&mut self, room: &str) -> &mut Members {
+        self.owned(room).members.get_or_insert_with(Box::default)
     }
 
     // ---- owned rooms -------------------------------------------------------
@@ -173,6 +358,7 @@ impl Rooms {
                     0
                 },
                 extending: false,
+                members: None,
             };
             self.checks.push_back((now + self.room_idle, room.into()));
             return self.owned.entry(room.into()).or_insert(fresh);
@@ -296,9 +482,31 @@ impl Rooms {
         self.owned(room).next_seq.map(|n| n - 1)
     }
 
-    /// Where `room`'s seqs stand was read (and reserved) in the store.
-    pub fn loaded(&mut self, room: &str, seqs: RoomSeqs) {
+    /// Where `room`'s seqs stand was read (and reserved) in the store,
+    /// with its members on a full load.
+    pub fn loaded(
+        &mut self,
+        room: &str,
+        seqs: Option<RoomSeqs>,
+        members: Option<Vec<Box<str>>>,
+        invite: bool,
+    ) {
         let owned = self.owned(room);
+        if let Some(list) = members {
+            let m = owned.members.get_or_insert_with(Box::default);
+            if !m.loaded {
+                m.loaded = true;
+                m.set = list.into_iter().collect();
+                // With `--join open`, users let in while this was read are
+                // members too (their rows may be queued behind the read).
+                if !invite {
+                    let present: Vec<Box<str>> = m.online.keys().cloned().collect();
+                    m.set.extend(present);
+                }
+                m.away = None;
+            }
+        }
+        let Some(seqs) = seqs else { return };
         if let Some(next) = seqs.next {
             owned.next_seq = Some(next);
         }
@@ -319,7 +527,7 @@ impl Rooms {
             if !c.takes_output() {
                 continue;
             }
-            if let Some(hold) = &mut sub.replay {
+            if let Some(hold) = &mut sub.hold {
                 hold.bytes += msg.draft.body.len()
                     + msg
                         .draft
@@ -367,7 +575,8 @@ impl Rooms {
         let Some(sub) = self.local.get_mut(room, key) else {
             return PageDone::Finished;
         };
-        if sub.sub_n != sub_n || sub.replay.is_none() || !std::rc::Rc::ptr_eq(&sub.conn, conn) {
+        let replaying = sub.hold.as_ref().is_some_and(|h| h.replaying);
+        if sub.sub_n != sub_n || !replaying || !std::rc::Rc::ptr_eq(&sub.conn, conn) {
             return PageDone::Finished;
         }
         let now = Instant::now();
@@ -378,11 +587,10 @@ impl Rooms {
         if page.more {
             return PageDone::More(page.messages.last().map(|m| m.seq).unwrap_or(upto));
         }
-        let hold = sub.replay.take().expect("checked above");
-        for m in hold.held.iter().filter(|m| m.seq > upto) {
-            let enc = m.encode(sub.version);
-            deliver_to(sub, c, &enc, m.seq, now, limits);
-        }
+        let hold = sub.hold.as_mut().expect("checked above");
+        hold.replaying = false;
+        hold.upto = upto;
+        release(sub, c, limits);
         PageDone::Finished
     }
 
@@ -390,6 +598,20 @@ impl Rooms {
     #[cfg(test)]
     pub fn owned_count(&self) -> usize {
         self.owned.len()
+    }
+}
+
+/// Once a subscription is let in and its replay is sent, write the live
+/// messages held meanwhile (those the replay did not cover).
+fn release(sub: &mut Subscriber, c: &mut Conn, limits: FanoutLimits) {
+    if sub.hold.as_ref().is_none_or(|h| h.admitting || h.replaying) {
+        return;
+    }
+    let hold = sub.hold.take().expect("checked above");
+    let now = Instant::now();
+    for m in hold.held.iter().filter(|m| m.seq > hold.upto) {
+        let enc = m.encode(sub.version);
+        deliver_to(sub, c, &enc, m.seq, now, limits);
     }
 }
 
@@ -458,10 +680,12 @@ mod tests {
         assert_eq!(r.last_given("a"), None);
         r.loaded(
             "a",
-            RoomSeqs {
+            Some(RoomSeqs {
                 next: Some(42),
                 reserved: 141,
-            },
+            }),
+            None,
+            false,
         );
         assert_eq!(r.last_given("a"), Some(41));
         assert!(matches!(r.sequence("a"), Seq::Given(42, _, None)));
@@ -488,10 +712,12 @@ mod tests {
         r.interest("watched", 1, Interest::Add);
         r.loaded(
             "talked",
-            RoomSeqs {
+            Some(RoomSeqs {
                 next: Some(42),
                 reserved: 141,
-            },
+            }),
+            None,
+            false,
         );
         assert!(matches!(r.sequence("talked"), Seq::Given(42, _, _)));
         // Not idle long enough yet: nothing goes.
@@ -551,10 +777,12 @@ mod tests {
         let mut r = Rooms::new(0, 2, true, LIMITS, IDLE, 10);
         r.loaded(
             "a",
-            RoomSeqs {
+            Some(RoomSeqs {
                 next: Some(101),
                 reserved: 110,
-            },
+            }),
+            None,
+            false,
         );
         for seq in 101..=105 {
             assert!(matches!(r.sequence("a"), Seq::Given(s, _, None) if s == seq));
@@ -569,10 +797,12 @@ mod tests {
         assert_eq!(r.given(), vec![], "a room reserving more is not given back");
         r.loaded(
             "a",
-            RoomSeqs {
+            Some(RoomSeqs {
                 next: None,
                 reserved: 120,
-            },
+            }),
+            None,
+            false,
         );
         assert!(matches!(r.sequence("a"), Seq::Given(111, _, None)));
         assert_eq!(r.given(), vec![("a".into(), 111)]);

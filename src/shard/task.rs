@@ -16,7 +16,7 @@ use glommio::timer::Timer;
 use tracing::debug;
 
 use super::conns::ConnRef;
-use super::msg::{External, ShardMsg};
+use super::msg::{External, MemberReq, ShardMsg};
 use super::{ConnBroker, Shard};
 use crate::api::{self, Answer};
 use crate::conn::{Conn, Ev, Outcome, READ_PAUSE_OUTBOUND, SCRATCH_SIZE, with_scratch};
@@ -147,9 +147,45 @@ impl Shard {
                 method,
                 path,
                 query,
+                authorization,
             }) => {
-                match api::route(&method, &path, query.as_deref(), self.durable.persistent()) {
+                let ctx = api::ApiCtx {
+                    store: self.durable.persistent(),
+                    auth: &self.auth,
+                    admin_token: self.cfg.admin_token.expose(),
+                    max_devices: self.cfg.max_devices_per_user,
+                    push: self.push.as_deref(),
+                };
+                match api::route(
+                    &method,
+                    &path,
+                    query.as_deref(),
+                    authorization.as_deref(),
+                    &ctx,
+                ) {
                     Answer::Now(answer) => c.answer_http(&answer),
+                    Answer::Write(write) => {
+                        let inbox = self.durable.inbox();
+                        self.durable
+                            .persist(crate::store::writer::Item::After(Box::new(move |db| {
+                                let response = write(db);
+                                inbox.send(External::Http {
+                                    conn: token,
+                                    response,
+                                });
+                            })));
+                        c.await_http_answer();
+                    }
+                    Answer::Member { room, user, add } => {
+                        self.member_request(MemberReq {
+                            room: room.into(),
+                            user: user.into(),
+                            add,
+                            shard: self.id,
+                            conn: token,
+                        });
+                        c.await_http_answer();
+                    }
                     Answer::Read(read) => {
                         let inbox = self.durable.inbox();
                         let job = Box::new(move |db: &rusqlite::Connection| {

@@ -7,6 +7,7 @@
 //! bounded channel and get commit results back as messages.
 
 pub(crate) mod checkpoint;
+pub(crate) mod members;
 pub(crate) mod pool;
 pub(crate) mod retention;
 pub mod writer;

@@ -35,10 +35,25 @@ pub struct Persist<T> {
 /// A job for the writer thread, run after everything queued before it.
 pub type AfterJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// A small write that needs no answer, batched like messages: every op
+/// taken with a batch is applied in one transaction after it (one fsync
+/// for all), not one commit each as an `After` job would be.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// `user` joined `room` by subscribing (`--join open`), unless the
+    /// room has `max` members already.
+    AddMember {
+        room: Box<str>,
+        user: Box<str>,
+        max: usize,
+    },
+}
+
 /// What the writer's channel carries.
 pub enum Item<T> {
     Msg(Persist<T>),
     After(AfterJob),
+    Op(Box<Op>),
 }
 
 impl<T> Item<T> {
@@ -124,17 +139,20 @@ where
     let mut stats = Stats::default();
     let mut batch: Vec<Persist<T>> = Vec::with_capacity(max_batch);
     let mut after: Option<AfterJob> = None;
+    let mut ops: Vec<Box<Op>> = Vec::new();
     while let Ok(first) = rx.recv() {
         match first {
             Item::Msg(m) => batch.push(m),
             Item::After(job) => after = Some(job),
+            Item::Op(op) => ops.push(op),
         }
         // Take what has queued, up to the cap; a job ends the batch (it
         // must see the batch committed).
-        while after.is_none() && batch.len() < max_batch {
+        while after.is_none() && batch.len() + ops.len() < max_batch {
             match rx.try_recv() {
                 Ok(Item::Msg(m)) => batch.push(m),
                 Ok(Item::After(job)) => after = Some(job),
+                Ok(Item::Op(op)) => ops.push(op),
                 Err(_) => break,
             }
         }
@@ -158,6 +176,12 @@ where
                     one_by_one(&mut conn, &mut batch, &mut stats, &mut on_commit);
                 }
             }
+        }
+        if !ops.is_empty() {
+            if let Err(e) = apply(&mut conn, &ops) {
+                tracing::error!("{} member writes failed: {e}", ops.len());
+            }
+            ops.clear();
         }
         if let Some(job) = after.take() {
             job(&mut conn);
@@ -214,6 +238,21 @@ fn one_by_one<T, F>(
             error: None,
         });
     }
+}
+
+/// Apply ops in one transaction. One that fails is logged and skipped.
+fn apply(conn: &mut Connection, ops: &[Box<Op>]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for op in ops {
+        match &**op {
+            Op::AddMember { room, user, max } => {
+                if let Err(e) = super::members::add_member(&tx, room, user, *max) {
+                    tracing::error!(room = &**room, "cannot store a new member: {e}");
+                }
+            }
+        }
+    }
+    tx.commit()
 }
 
 /// Write one batch in one transaction (all or nothing).

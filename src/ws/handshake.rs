@@ -25,11 +25,13 @@ pub enum Request {
         /// `room` from `/ws?room=R`, percent-decoded.
         room: Option<String>,
     },
-    /// A plain HTTP request: method, path and query (without the `?`).
+    /// A plain HTTP request: method, path, query (without the `?`) and
+    /// its `Authorization` header.
     Plain {
         method: String,
         path: String,
         query: Option<String>,
+        authorization: Option<String>,
     },
 }
 
@@ -86,6 +88,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> 
                 method,
                 path: path.to_string(),
                 query: query.map(str::to_string),
+                authorization: header("authorization").map(str::to_string),
             },
             len,
         )));
@@ -136,7 +139,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> 
     )))
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decode `%XX` escapes (and `+` as a space); bad escapes stay as they are.
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -43,6 +43,10 @@ from stampede_client import (  # noqa: E402,F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 20.0
+# Every test server gets this admin token (unless the test gives its own):
+# the history, members and devices API need credentials.
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 READY_RE = re.compile(r"^stampede ready http=(\S+):(\d+) stomp=(\S+)\s*$")
 
 
@@ -159,6 +163,8 @@ def start_server(base_dir: Path, *extra_args: str, env: Optional[dict] = None,
     stderr_path = base_dir / "stderr.log"
     args = [str(binary), "--listen", listen, "--stomp-listen", stomp_listen,
             "--data-dir", str(data_dir), *[str(a) for a in extra_args]]
+    if "--admin-token" not in args:
+        args += ["--admin-token", ADMIN_TOKEN]
     full_env = dict(os.environ)
     # keep env-var configuration from leaking into the tests
     for k in list(full_env):

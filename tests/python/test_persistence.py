@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import ConnectionClosed, build_frame, start_server, uid
+from conftest import ADMIN, ConnectionClosed, build_frame, start_server, uid
 from stampede_client import owner_shard
 from stampede_client import FrameParser  # noqa: E402
 
@@ -39,7 +39,7 @@ def restartable(tmp_path, request):
 
 def history(srv, room, **params):
     q = "&".join(f"{k}={v}" for k, v in params.items())
-    status, headers, body = srv.http("GET", f"/api/rooms/{room}/messages" + (f"?{q}" if q else ""))
+    status, headers, body = srv.http("GET", f"/api/rooms/{room}/messages" + (f"?{q}" if q else ""), headers=ADMIN)
     assert status == 200, (status, body)
     assert headers["content-type"] == "application/json"
     return json.loads(body)
@@ -104,17 +104,17 @@ def test_binary_bodies_come_back_as_base64(server, room):
     ("after=1&before=5", "not both"), ("limit=5&limit=6", "twice"), ("since=3", "unknown"),
 ])
 def test_history_api_refuses_bad_parameters(server, query, word):
-    status, headers, body = server.http("GET", f"/api/rooms/lobby/messages?{query}")
+    status, headers, body = server.http("GET", f"/api/rooms/lobby/messages?{query}", headers=ADMIN)
     assert status == 400, body
     assert word in json.loads(body)["error"]
 
 
 def test_history_api_errors(server):
-    status, _, body = server.http("GET", "/api/rooms/bad%20room/messages")
+    status, _, body = server.http("GET", "/api/rooms/bad%20room/messages", headers=ADMIN)
     assert status == 400 and "invalid room" in json.loads(body)["error"]
-    status, _, body = server.http("POST", "/api/rooms/lobby/messages", body=b"x")
+    status, _, body = server.http("POST", "/api/rooms/lobby/messages", body=b"x", headers=ADMIN)
     assert status == 405
-    status, _, body = server.http("GET", "/api/rooms/lobby/nothing")
+    status, _, body = server.http("GET", "/api/rooms/lobby/nothing", headers=ADMIN)
     assert status == 404
 
 
@@ -156,7 +156,7 @@ def test_commit_receipt_waits_until_the_transaction_is_stored(server, room):
 def test_persistence_off_refuses_replay_and_history(server, room):
     c = server.connected("tcp")
     c.send(f"/topic/{room}", "x", receipt=True)
-    status, _, body = server.http("GET", f"/api/rooms/{room}/messages")
+    status, _, body = server.http("GET", f"/api/rooms/{room}/messages", headers=ADMIN)
     assert status == 404 and "disabled" in json.loads(body)["error"]
     c.send_frame("SUBSCRIBE", [("destination", f"/topic/{room}"), ("id", "a"), ("x-since-seq", "0")])
     c.expect_error("history is disabled")
