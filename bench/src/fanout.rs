@@ -79,6 +79,15 @@ pub struct FanoutArgs {
     /// Seconds a set-up step may take.
     #[arg(long, default_value_t = 10.0)]
     pub step_timeout: f64,
+    /// Name the rooms `fo<RUN_ID>-<r>` with this id instead of the
+    /// generator's pid, so a script can set up the rooms (members,
+    /// devices) before the run.
+    #[arg(long)]
+    pub run_id: Option<u64>,
+    /// Each member logs in as `<login>-<n>` (a user of its own) instead of
+    /// all as `<login>`: a room then has as many present users as members.
+    #[arg(long)]
+    pub distinct_logins: bool,
     #[command(flatten)]
     pub workers: Workers,
     #[command(flatten)]
@@ -458,7 +467,9 @@ impl Drop for Probe {
 /// One id per run, shared by the parent and its workers: the parent's pid
 /// (workers see it as their ppid), so back-to-back runs use fresh rooms.
 fn run_id(args: &FanoutArgs) -> u64 {
-    if args.workers.worker.is_some() {
+    if let Some(id) = args.run_id {
+        id
+    } else if args.workers.worker.is_some() {
         std::os::unix::process::parent_id() as u64
     } else {
         std::process::id() as u64
@@ -541,7 +552,10 @@ async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
 
     // Subscribe our slice over the ramp-up.
     let (members, ready) = workers::open_slice(slice, sessions, args.ramp_up, |i| {
-        let args = args.clone();
+        let mut args = args.clone();
+        if args.distinct_logins {
+            args.endpoint.login = format!("{}-{i}", args.endpoint.login);
+        }
         let room = i % args.rooms;
         async move {
             let reader = member(&args, &[room_dest(run_id, room)], addr, src).await?;

@@ -170,12 +170,28 @@ pub(crate) fn start(
             .name(format!("stampede-push-{i}"))
             .stack_size(512 * 1024)
             .spawn(move || {
-                crate::store::lower_thread_priority();
+                idle_priority();
                 worker.run(&db);
             })
             .map_err(|e| StoreError::Thread(e.to_string()))?;
     }
     Ok(PushLink { tx, stats })
+}
+
+/// Run the calling thread under `SCHED_IDLE`: it gets a core only when
+/// nothing else wants it, and a shard waking up takes the core from it at
+/// once. A niced thread (like the store's) still holds the core until the
+/// scheduler's next tick, which showed in chat's tail latency while pushes
+/// were being expanded and sent (bench/results/*-push). Pushes are
+/// best-effort: if chat keeps every core busy they wait (and the queue
+/// drops), which is the order the design asks for.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's (pid 0) policy; failure is harmless.
+    let ok = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
+    if !ok {
+        crate::store::lower_thread_priority();
+    }
 }
 
 struct Worker {
