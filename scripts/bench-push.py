@@ -329,7 +329,7 @@ def write_summary(args, out, rows, tp):
         lines += ["## Chat latency (room of 200: 100 present, 100 away with a device; fake FCM at 500 ms)", "",
                   f"{args.rate:g} msg/s x 100 deliveries; with push on, 100 pushes per message offered to"
                   f" {args.latency_push_threads} push threads (they can send ~{args.latency_push_threads * 2}/s:"
-                  " the queue fills and drops).", "",
+                  " the backlog grows in the push queue, dropped once it is full).", "",
                   "| round | push | host probe: late wakes % | server p50 ms | server p99 ms | server max ms | total p99 ms | lost | pushes sent | dropped |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
