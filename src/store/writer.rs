@@ -156,6 +156,7 @@ where
                 Err(_) => break,
             }
         }
+        let batch_was_empty = batch.is_empty();
         if !batch.is_empty() {
             stats.batches += 1;
             stats.largest_batch = stats.largest_batch.max(batch.len());
@@ -182,6 +183,14 @@ where
                 tracing::error!("{} member writes failed: {e}", ops.len());
             }
             ops.clear();
+            if batch_was_empty && after.is_none() {
+                // Nothing else reports this round: say the queue has room
+                // (a shard that found it full waits for this ring).
+                on_commit(Committed {
+                    tags: Vec::new(),
+                    error: None,
+                });
+            }
         }
         if let Some(job) = after.take() {
             job(&mut conn);
@@ -398,6 +407,37 @@ mod tests {
         assert_eq!(reports[..split].iter().sum::<usize>(), 2, "{reports:?}");
         assert_eq!(&reports[split..], &[0, 0, 0], "{reports:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A batch of ops alone still reports (a shard that found the queue
+    /// full waits for a report to be rung), and the ops are stored.
+    #[test]
+    fn ops_alone_are_stored_and_reported() {
+        let dir = tmp();
+        let conn = open(&dir, Durability::Off).unwrap();
+        let reports = Arc::new(Mutex::new(0usize));
+        let r2 = reports.clone();
+        let (tx, handle) = spawn(conn, 16, 16, move |c: Committed<u64>| {
+            assert!(c.tags.is_empty());
+            *r2.lock().unwrap() += 1;
+        })
+        .unwrap();
+        for user in ["a", "b", "a"] {
+            tx.send(Item::Op(Box::new(Op::AddMember {
+                room: "r".into(),
+                user: user.into(),
+                max: 10,
+            })))
+            .unwrap();
+        }
+        drop(tx);
+        handle.join().unwrap();
+        assert!(*reports.lock().unwrap() >= 1, "no report for the ops");
+        let c = open(&dir, Durability::Off).unwrap();
+        assert_eq!(
+            crate::store::members::list_members(&c, "r", 10).unwrap(),
+            ["a", "b"]
+        );
     }
 
     #[test]

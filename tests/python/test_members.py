@@ -261,3 +261,16 @@ def test_membership_survives_a_restart(server_factory, tmp_path):
         m.expect_error("not a member")
     finally:
         srv.stop()
+
+
+def test_open_joins_through_a_tiny_writer_queue_never_stall(server_factory):
+    """Found by the churn test under load: the rows of newcomers are
+    batched writes, and a batch of nothing else never told the shard
+    that had found the writer's queue full that it had room again (the
+    shard stopped reading its clients for good). 20,000 joins through a
+    16-slot queue."""
+    from test_room_eviction import churn
+    srv = server_factory("--shards", "2", "--max-subscribe-rate", "0", "--persist-queue", "16")
+    c = srv.connected("tcp", login="churner")
+    churn(c, uid("churn"), 20_000)
+    c.subscribe(f"/topic/{uid('after')}")
