@@ -512,10 +512,7 @@ fn device_write(
     max: usize,
 ) -> Vec<u8> {
     let result = if add {
-        members::add_device(db, user, token, max).map(|a| match a {
-            Added::Full => None,
-            a => Some(a == Added::New),
-        })
+        members::add_device(db, user, token, max).map(Added::changed)
     } else {
         members::remove_device(db, user, token).map(Some)
     };
@@ -562,10 +559,7 @@ pub(crate) fn member_write(
     max: usize,
 ) -> Vec<u8> {
     let result = if add {
-        members::add_member(db, room, user, max).map(|a| match a {
-            Added::Full => None,
-            a => Some(a == Added::New),
-        })
+        members::add_member(db, room, user, max).map(Added::changed)
     } else {
         members::remove_member(db, room, user).map(Some)
     };

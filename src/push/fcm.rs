@@ -1471,31 +1471,8 @@ IQIDAQAB
         let body = std::str::from_utf8(body).ok()?;
         body.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=')?;
-            (k == key).then(|| percent_decode(v))
+            (k == key).then(|| crate::ws::handshake::percent_decode(v))
         })
-    }
-
-    fn percent_decode(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'%' if i + 2 < b.len() => {
-                    out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-                    i += 3;
-                }
-                b'+' => {
-                    out.push(b' ');
-                    i += 1;
-                }
-                c => {
-                    out.push(c);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8(out).unwrap()
     }
 
     #[derive(Debug, Deserialize)]

@@ -214,27 +214,15 @@ impl Durable {
     /// commit before it and never runs on this shard. If the room is
     /// already loading (or reserving), the work joins what waits.
     pub fn wait_for_room(&self, work: Work) {
-        let room: Box<str> = work.room().into();
-        self.waiting.set(self.waiting.get() + 1);
-        let mut loading = self.loading.borrow_mut();
-        if let Some(waiting) = loading.get_mut(&room) {
-            waiting.push(work);
-            return;
-        }
-        loading.insert(room.clone(), vec![work]);
-        drop(loading);
-        let me = self.handles[self.id].clone();
         let block = self.block;
         let max = self.max_members;
-        self.persist(Item::After(Box::new(move |conn| {
-            let result = load_room(conn, &room, block).and_then(|seqs| {
-                Ok(Loaded {
-                    seqs: Some(seqs),
-                    members: Some(load_members(conn, &room, max)?),
-                })
-            });
-            me.send(External::RoomLoaded { room, result });
-        })));
+        self.park(work, move |conn, room| {
+            let seqs = load_room(conn, room, block)?;
+            Ok(Loaded {
+                seqs: Some(seqs),
+                members: Some(load_members(conn, room, max)?),
+            })
+        });
     }
 
     /// Park `work` until `room`'s members are loaded (a subscription to let
@@ -242,6 +230,24 @@ impl Durable {
     /// member change queued before it, and nothing is written (a room that
     /// only has subscribers never reserves seqs). Joins a load under way.
     pub fn wait_for_members(&self, work: Work) {
+        let max = self.max_members;
+        self.park(work, move |conn, room| {
+            Ok(Loaded {
+                seqs: None,
+                members: Some(load_members(conn, room, max)?),
+            })
+        });
+    }
+
+    /// Park `work` in its room's wait list; if the room is not loading
+    /// already, run `load` as a writer job and answer `RoomLoaded`.
+    fn park(
+        &self,
+        work: Work,
+        load: impl FnOnce(&rusqlite::Connection, &str) -> Result<Loaded, crate::store::StoreError>
+        + Send
+        + 'static,
+    ) {
         let room: Box<str> = work.room().into();
         self.waiting.set(self.waiting.get() + 1);
         let mut loading = self.loading.borrow_mut();
@@ -252,12 +258,8 @@ impl Durable {
         loading.insert(room.clone(), vec![work]);
         drop(loading);
         let me = self.handles[self.id].clone();
-        let max = self.max_members;
         self.persist(Item::After(Box::new(move |conn| {
-            let result = load_members(conn, &room, max).map(|m| Loaded {
-                seqs: None,
-                members: Some(m),
-            });
+            let result = load(conn, &room);
             me.send(External::RoomLoaded { room, result });
         })));
     }

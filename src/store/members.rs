@@ -19,6 +19,17 @@ pub(crate) enum Added {
     Full,
 }
 
+impl Added {
+    /// For an answer: whether it changed anything, `None` when full.
+    pub fn changed(self) -> Option<bool> {
+        match self {
+            Added::New => Some(true),
+            Added::Exists => Some(false),
+            Added::Full => None,
+        }
+    }
+}
+
 /// Every member of `room`, at most `max` of them (the rest, if a lower
 /// bound than when they were added is configured now, are left out).
 pub(crate) fn load_members(
