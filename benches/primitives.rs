@@ -46,6 +46,7 @@ fn message() -> Sequenced {
         },
         seq: 123_456,
         timestamp_ms: 1_795_000_000_000,
+        sequenced_at: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn run(durability: Durability, max_batch: usize) {
             },
             seq,
             timestamp_ms: 1_700_000_000_000 + i,
+            sequenced_at: None,
         };
         tx.send(Item::msg(msg, i)).expect("writer alive");
     }

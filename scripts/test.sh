@@ -10,7 +10,7 @@ root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "installing test dependencies (pip, npm)"
+step "installing test dependencies (apt, pip, npm)"
 # The load generator's report draws its plots with DejaVu Sans.
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core >/dev/null 2>&1 \
@@ -20,6 +20,17 @@ fi
 if ! command -v ss >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null 2>&1 \
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null; }
+fi
+# The status page test (tests/node/test/status.test.mjs) drives Debian's chromium
+# through playwright-core (which downloads no browser of its own).
+if [ ! -x /usr/bin/chromium ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+fi
+# promtool (from Debian's prometheus) checks the /metrics exposition.
+if ! command -v promtool >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
 fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)

@@ -195,6 +195,8 @@ pub(crate) enum Answer {
         user: String,
         add: bool,
     },
+    /// With the metrics of every shard (the scrape thread gathers them).
+    Metrics,
 }
 
 /// What the API needs from the server.
@@ -208,7 +210,28 @@ pub(crate) struct ApiCtx<'a> {
     pub max_devices: usize,
     /// The push pool's counters, when push is on.
     pub push: Option<&'a PushStats>,
+    /// Why the server should get no new clients now (`/readyz`), if so.
+    pub not_ready: Option<&'a str>,
+    /// Where the request came in (which endpoints it may reach).
+    pub served: Served,
+    /// Shutting down: only health, readiness and metrics are answered.
+    pub draining: bool,
 }
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// `--listen` with everything (no `--metrics-listen`).
+    All,
+    /// `--listen` while `--metrics-listen` serves the metrics: no
+    /// `/metrics`, no `/status`.
+    Public,
+    /// `--metrics-listen`: `/metrics`, `/status`, `/readyz`, `/healthz` only.
+    Metrics,
+}
+
+/// The live status page (`GET /status`), from the binary.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Who makes a request, from its `Authorization: Bearer` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,15 +366,42 @@ pub(crate) fn route(
     authorization: Option<&str>,
     ctx: &ApiCtx<'_>,
 ) -> Answer {
+    let observe = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/status");
+    if ctx.served == Served::Metrics && !observe {
+        return Answer::Now(http::text(
+            Status::NotFound,
+            "not found: this listener (--metrics-listen) serves /metrics, /status, /readyz and /healthz",
+        ));
+    }
+    if ctx.draining && !observe {
+        return Answer::Now(http::text(
+            Status::ServiceUnavailable,
+            "the server is shutting down",
+        ));
+    }
     if path.starts_with("/api/") {
         return match api(method, path, query, authorization, ctx) {
             Ok(a) => a,
             Err(e) => Answer::Now(error_response(&e)),
         };
     }
-    Answer::Now(match (method, path) {
-        ("GET", "/healthz") => http::text(Status::Ok, "ok"),
-        (_, "/ws") => http::text(
+    if observe && method != "GET" {
+        return Answer::Now(http::text(Status::NotFound, "not found"));
+    }
+    let metrics_here = ctx.served != Served::Public;
+    Answer::Now(match path {
+        "/healthz" => http::text(Status::Ok, "ok"),
+        "/readyz" => match ctx.not_ready {
+            None => http::text(Status::Ok, "ready"),
+            Some(why) => http::text(Status::ServiceUnavailable, &format!("not ready: {why}")),
+        },
+        "/metrics" | "/status" if !metrics_here => http::text(
+            Status::NotFound,
+            &format!("{path} is served on the --metrics-listen address"),
+        ),
+        "/metrics" => return Answer::Metrics,
+        "/status" => http::page(STATUS_PAGE),
+        "/ws" => http::text(
             Status::UpgradeRequired,
             "/ws is a STOMP-over-WebSocket endpoint; connect with a WebSocket client",
         ),
@@ -666,6 +716,7 @@ mod tests {
             },
             seq: 3,
             timestamp_ms: 9,
+            sequenced_at: None,
         };
         let v = message_json(&m);
         assert_eq!(v["body"], "/wA=");

@@ -139,6 +139,11 @@ macro_rules! settings {
             /// TOML file with any of the settings below (keys are the flag names with `_` for `-`).
             #[arg(long, env = "STAMPEDE_CONFIG")]
             pub config: Option<PathBuf>,
+            /// Print what this host's limits (open files, memory, backlog,
+            /// memlock) allow for these settings, and exit: status 0 when
+            /// they hold `--max-connections`, 1 when they do not.
+            #[arg(long)]
+            pub check_capacity: bool,
             $(
                 $(#[doc = $doc])*
                 #[arg(long, env = $env, long_help = concat!($($doc, "\n",)* "\n[default: ", $dh, "]"))]
@@ -158,13 +163,21 @@ macro_rules! settings {
         #[derive(Debug, Clone)]
         pub struct Config {
             $( $(#[doc = $doc])* pub $name: $ty, )*
+            /// `--max-connections` was given (not derived from the
+            /// open-file limit).
+            pub max_connections_set: bool,
+            /// `--check-capacity`: report and exit.
+            pub check_capacity: bool,
         }
 
         impl Config {
             /// Flag (or env, which clap folds into the flag) > file > default.
             pub fn resolve(cli: Cli, file: FileConfig) -> Config {
+                let max_connections_set = cli.max_connections.or(file.max_connections).unwrap_or(0) > 0;
                 Config {
+                    check_capacity: cli.check_capacity,
                     $( $name: cli.$name.or(file.$name).unwrap_or_else(|| $default), )*
+                    max_connections_set,
                 }
             }
         }
@@ -235,6 +248,11 @@ settings! {
     listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(), env "STAMPEDE_LISTEN", default_help "127.0.0.1:8080";
     /// Plain STOMP-over-TCP listener, or `off`.
     stomp_listen: Listen = Listen::On("127.0.0.1:61613".parse().unwrap()), env "STAMPEDE_STOMP_LISTEN", default_help "127.0.0.1:61613";
+    /// A separate listener for `/metrics`, `/status` and `/readyz` (and
+    /// `/healthz`), so they need not be reachable where clients are; when
+    /// set, `--listen` no longer serves `/metrics` and `/status`. `off`:
+    /// everything on `--listen`.
+    metrics_listen: Listen = Listen::Off, env "STAMPEDE_METRICS_LISTEN", default_help "off";
     /// Number of shards (one pinned executor each). More shards than cores is
     /// allowed: they are pinned round-robin. 0 means one per core.
     shards: usize = 0, env "STAMPEDE_SHARDS", default_help "0 = number of cores";
@@ -577,8 +595,9 @@ mod tests {
             .get_arguments()
             .filter(|a| a.get_long().is_some())
             .count()
-            - 1; // minus --config
+            - 2; // minus --config and --check-capacity
         assert_eq!(help.matches("[default: ").count(), settings, "{help}");
+        // --config has an env var too; --check-capacity (an action) not.
         assert_eq!(
             help.matches("[env: STAMPEDE_").count(),
             settings + 1,

@@ -47,14 +47,42 @@ pub(crate) fn response(status: Status, content_type: &str, body: &[u8]) -> Vec<u
     } else {
         ""
     };
+    response_with(status, content_type, challenge, body)
+}
+
+/// A complete answer with `extra` header lines (each ending in CRLF).
+fn response_with(status: Status, content_type: &str, extra: &str, body: &[u8]) -> Vec<u8> {
     let mut r = format!(
-        "HTTP/1.1 {}\r\n{challenge}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {}\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         status.line(),
         body.len()
     )
     .into_bytes();
     r.extend_from_slice(body);
     r
+}
+
+/// An HTML page of our own (`/status`): it may run only its own inline
+/// script and talk only to this server, and is never cached.
+pub(crate) fn page(html: &str) -> Vec<u8> {
+    response_with(
+        Status::Ok,
+        "text/html; charset=utf-8",
+        "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; \
+         style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\n\
+         X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n",
+        html.as_bytes(),
+    )
+}
+
+/// The `/metrics` answer.
+pub(crate) fn metrics(body: &str, content_type: &str) -> Vec<u8> {
+    response_with(
+        Status::Ok,
+        content_type,
+        "Cache-Control: no-store\r\n",
+        body.as_bytes(),
+    )
 }
 
 /// A plain-text answer; a line break is added to `text`.

@@ -86,6 +86,11 @@ impl<S> RoomIndex<S> {
         self.rooms.contains_key(room)
     }
 
+    /// Subscribers of every room.
+    pub fn len(&self) -> usize {
+        self.rooms.values().map(Slab::len).sum()
+    }
+
     /// Rooms with at least one local subscriber.
     #[cfg(test)]
     pub fn rooms(&self) -> usize {

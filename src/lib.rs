@@ -11,6 +11,11 @@
 //!    - `ws`     — the HTTP upgrade request and WebSocket framing (tungstenite's sans-IO parts).
 //!    - `http`   — every HTTP answer the server writes.
 //!    - `rate`   — the per-connection publish rate limit (GCRA).
+//!    - `capacity` — what the host's limits (open files, memory, somaxconn,
+//!      memlock, cores) allow for the settings: the start-up line and
+//!      `--check-capacity`.
+//!    - `metrics` — per-shard counters (thread-local, unshared), histograms,
+//!      readiness, and the Prometheus text format.
 //! 2. Message types, and who a client is:
 //!    - `message` — `Draft` → `Sequenced` → `Encoded`; `Confirm`, `ReplayFrom`, `AckMode`.
 //!    - `room`    — room names, the room hash and `owner_of`.
@@ -31,7 +36,8 @@
 //!    bytes → HTTP / WebSocket / STOMP layers, its session and output.
 //! 6. `shard`  — one pinned glommio executor: connections and flush, rooms and
 //!    fan-out, the mesh to other shards, the durable path, shutdown, timers.
-//! 7. `server` — start-up: listeners, the store's threads, the mesh, the shards.
+//! 7. `server` — start-up: listeners, the store's threads, the mesh, the shards;
+//!    `scrape` — the thread that answers `/metrics` (asks every shard, merges).
 //!
 //! The binary (`main.rs`) reads the settings, starts the server, and runs the
 //! graceful shutdown. See `ARCHITECTURE.md` for the threads, who owns what
@@ -39,6 +45,7 @@
 
 mod api;
 mod auth;
+pub mod capacity;
 mod clock;
 pub mod config;
 mod conn;
@@ -47,10 +54,12 @@ pub mod fuzzing;
 mod http;
 mod index;
 pub mod message;
+mod metrics;
 pub mod out;
 mod push;
 mod rate;
 mod room;
+mod scrape;
 pub mod server;
 mod session;
 mod shard;

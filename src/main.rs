@@ -9,10 +9,11 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use stampede::capacity;
 use stampede::config;
 use stampede::out::CLOSE_FLUSH_TIMEOUT;
 use stampede::server::{Listeners, Running, StartError, Step, start};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -94,6 +95,34 @@ fn main() -> ExitCode {
         }
     };
 
+    // What the host's limits allow for these settings: the whole report
+    // for --check-capacity (before the data-dir lock, so it runs next to a
+    // live server), else one log line and a warning per limit passed.
+    let report = capacity::assess(
+        &capacity::Host::probe(),
+        &capacity::Needs {
+            shards: cfg.shards,
+            max_connections: cfg.max_connections,
+            max_connections_set: cfg.max_connections_set,
+            listen_backlog: usize::try_from(cfg.listen_backlog).unwrap_or(0),
+            io_memory_kib: cfg.io_memory_kib,
+        },
+    );
+    if cfg.check_capacity {
+        let mut out = std::io::stdout();
+        let _ = out.write_all(report.details().as_bytes());
+        let _ = out.flush();
+        return if report.ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
+    info!("{report}");
+    for w in report.warnings() {
+        warn!("capacity: {w}");
+    }
+
     // One instance per data directory.
     if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
         error!("cannot create data dir {}: {e}", cfg.data_dir.display());
@@ -140,6 +169,7 @@ fn main() -> ExitCode {
         listeners.http_addr
     );
     let http_addr = listeners.http_addr;
+    let metrics_addr = listeners.metrics_addr;
     let running = match start(&cfg, listeners) {
         Ok(h) => h,
         Err(e @ StartError::Stalled) => restart_after_stall(&e),
@@ -148,7 +178,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // Machine-readable readiness line (tests and scripts read the ports here).
+    // Machine-readable lines (tests and scripts read the ports here): the
+    // metrics listener's, if any, then the readiness line, always last.
+    if let Some(addr) = metrics_addr {
+        let _ = writeln!(std::io::stdout(), "stampede metrics http={addr}");
+    }
     let _ = writeln!(
         std::io::stdout(),
         "stampede ready http={http_addr} stomp={stomp}"

@@ -71,6 +71,9 @@ pub struct Sequenced {
     pub seq: u64,
     /// Milliseconds since the Unix epoch, taken by the owner.
     pub timestamp_ms: u64,
+    /// When the owner sequenced it (live messages; `None` once read back
+    /// from the store), for the publish-to-delivery latency.
+    pub sequenced_at: Option<std::time::Instant>,
 }
 
 /// The shared tail of a MESSAGE frame: every header but `subscription` and
@@ -134,6 +137,7 @@ mod tests {
             },
             seq: 7,
             timestamp_ms: 42,
+            sequenced_at: None,
         };
         let e = m.encode(Version::V12);
         assert_eq!(

@@ -160,6 +160,7 @@ impl Out {
             self.buf.extend_from_slice(&tmp);
         }
         self.last_write = Instant::now();
+        crate::metrics::local(|m| m.frames_out.inc());
     }
 
     /// Queue a MESSAGE: `MESSAGE\n`, the subscriber's own headers, then the
@@ -225,6 +226,7 @@ impl Out {
         if self.closing.is_some() {
             return;
         }
+        crate::metrics::local(|m| m.error_sent(message));
         let mut headers: Vec<(&str, &str)> = vec![("message", message)];
         if let Some(r) = receipt {
             headers.push(("receipt-id", r));

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
@@ -16,6 +16,7 @@ use thiserror::Error;
 use crate::config::{Config, Listen};
 use crate::conn::ConnToken;
 use crate::message::Confirm;
+use crate::metrics::Readiness;
 use crate::push::{self, PushLink, fcm};
 use crate::shard::msg::{External, ShardHandle, Tag};
 use crate::shard::{Shard, ShardListeners, ShardSetup, StoreLink, mesh};
@@ -54,9 +55,11 @@ pub enum StartError {
 pub struct Listeners {
     pub http_addr: SocketAddr,
     pub stomp_addr: Option<SocketAddr>,
-    /// `http[i]`, `stomp[i]`: the sockets shard `i` accepts on.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `http[i]`, `stomp[i]`, `metrics[i]`: the sockets shard `i` accepts on.
     http: Vec<OwnedFd>,
     stomp: Vec<OwnedFd>,
+    metrics: Vec<OwnedFd>,
 }
 
 impl Listeners {
@@ -69,11 +72,20 @@ impl Listeners {
                 (Some(a), fds)
             }
         };
+        let (metrics_addr, metrics) = match cfg.metrics_listen {
+            Listen::Off => (None, Vec::new()),
+            Listen::On(addr) => {
+                let (a, fds) = bind_all(addr, cfg.shards, cfg.listen_backlog)?;
+                (Some(a), fds)
+            }
+        };
         Ok(Listeners {
             http_addr,
             stomp_addr,
+            metrics_addr,
             http,
             stomp,
+            metrics,
         })
     }
 }
@@ -186,17 +198,11 @@ pub struct Running {
     pub writer: Option<Arc<WriterCounters>>,
     /// The store's links (for the last checkpoint at shutdown).
     store: Option<StoreLink>,
+    /// Told when the shutdown begins (`/readyz` answers 503 from then on).
+    ready: Arc<Readiness>,
 }
 
-/// What the writer has done so far (logged by main at exit).
-#[derive(Default, Debug)]
-pub struct WriterCounters {
-    pub batches: AtomicU64,
-    pub messages: AtomicU64,
-    /// Messages that could not be stored (their publishers got an ERROR).
-    pub failed_messages: AtomicU64,
-    pub largest_batch: AtomicU64,
-}
+pub use crate::scrape::WriterCounters;
 
 /// A step of the graceful shutdown that every shard reports on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +221,9 @@ impl Running {
     /// Start `step` on every shard; reports (a shard id each) arrive on the
     /// returned channel.
     pub fn begin(&self, step: Step) -> std::sync::mpsc::Receiver<usize> {
+        if step == Step::Drain {
+            self.ready.set_draining();
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         for s in self.shards.iter() {
             s.send(match step {
@@ -251,6 +260,7 @@ fn start_store(
         let want_space = want_space.clone();
         let counters = counters.clone();
         let n = cfg.shards;
+        let fsync = cfg.durability == crate::config::Durability::Full;
         move |c: Committed<Tag>| {
             let size = c.tags.len() as u64;
             if size > 0 {
@@ -259,6 +269,13 @@ fn start_store(
                     counters.failed_messages.fetch_add(size, Ordering::Relaxed);
                 } else {
                     counters.messages.fetch_add(size, Ordering::Relaxed);
+                    counters.batch_size.observe(size);
+                    if !c.took.is_zero() {
+                        counters.commit_seconds.observe_duration(c.took);
+                    }
+                    if fsync {
+                        counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 counters.largest_batch.fetch_max(size, Ordering::Relaxed);
             }
@@ -419,8 +436,33 @@ pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> 
         let _ = push_cell.set(p);
     }
     crate::shard::watchdog::spawn(shard_handles.iter().map(|h| h.alive.clone()).collect())?;
+    let ready = Arc::new(Readiness::default());
+    let (scrape_tx, scrape_rx) = crate::scrape::queue();
+    crate::scrape::spawn(
+        scrape_rx,
+        crate::scrape::Sources {
+            shards: shard_handles.clone(),
+            store: store
+                .as_ref()
+                .zip(counters.as_ref())
+                .map(|(link, counters)| {
+                    let writer = link.writer.clone();
+                    let pool = link.pool.clone();
+                    crate::scrape::StoreQueues {
+                        writer_len: Box::new(move || writer.len()),
+                        writer_capacity: cfg.persist_queue,
+                        reader_len: Box::new(move || pool.queued()),
+                        counters: counters.clone(),
+                    }
+                }),
+            push: push_stats.clone(),
+            ready: ready.clone(),
+            max_connections: cfg.max_connections,
+        },
+    )?;
     let mut handles = Vec::with_capacity(cfg.shards);
     let mut stomp = listeners.stomp.into_iter();
+    let mut metrics = listeners.metrics.into_iter();
     for ((id, mesh), (inbox, http)) in meshes
         .into_iter()
         .enumerate()
@@ -434,10 +476,13 @@ pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> 
             handles: shard_handles.clone(),
             store: store.clone(),
             push: push_stats.clone(),
+            ready: ready.clone(),
+            scrape: scrape_tx.clone(),
         };
         let listeners = ShardListeners {
             http,
             stomp: stomp.next(),
+            metrics: metrics.next(),
         };
         let ready = ready_tx.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -463,6 +508,7 @@ pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> 
             .recv_timeout(left)
             .map_err(|_| StartError::Stalled)?;
     }
+    ready.set_started();
     #[cfg(feature = "fault-injection")]
     inject_faults(&shard_handles, store.as_ref());
     Ok(Running {
@@ -470,6 +516,7 @@ pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> 
         shards: shard_handles,
         writer: counters,
         store,
+        ready,
     })
 }
 

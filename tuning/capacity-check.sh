@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# Compare this host's limits with what stampede needs for N connections.
-#   tuning/capacity-check.sh 100000
+# Can this host hold N connections? Asks the server itself, so the check
+# and the server's start-up capacity line are the same logic
+# (src/capacity.rs): open-file limit, memory at the measured cost per idle
+# session, net.core.somaxconn, the memlock limit, cores.
+#   tuning/capacity-check.sh [N]        (N defaults to 100000)
+# Runs `stampede --check-capacity --max-connections N`; the binary is
+# $STAMPEDE_BIN, else `stampede` on PATH, else target/release/stampede in
+# this repository. Exit status: 0 the host holds N, 1 it does not, 2 usage.
+# Other flags (--shards, --listen-backlog, --io-memory-kib, --config FILE)
+# go after N and are passed on. The limits are this shell's: run it as the
+# user (or under the unit) that runs the server.
 set -u
+
 want=${1:-100000}
-ok=1
-check() { # name have need
-  if [ "$2" -lt "$3" ]; then echo "LOW  $1 = $2 (want >= $3)"; ok=0; else echo "ok   $1 = $2"; fi
-}
-check "ulimit -n (this shell)" "$(ulimit -n)" "$((want + 64))"
-check fs.nr_open "$(cat /proc/sys/fs/nr_open)" "$((want + 64))"
-check fs.file-max "$(cat /proc/sys/fs/file-max)" "$((want + 1024))"
-check net.core.somaxconn "$(cat /proc/sys/net/core/somaxconn)" 4096
-check net.ipv4.tcp_max_syn_backlog "$(cat /proc/sys/net/ipv4/tcp_max_syn_backlog)" 4096
-memlock=$(ulimit -l); [ "$memlock" = unlimited ] && memlock=$((1 << 30))
-check "ulimit -l KiB (io_uring memory)" "$memlock" "$((512 * $(nproc)))"
-# Memory: ~1 KiB of stampede state plus ~10 KB of kernel socket buffers per
-# idle connection (measured on loopback); busy sockets need more.
-need_mb=$(( want * 11 / 1024 ))
-have_mb=$(( $(awk '/MemAvailable/ {print $2}' /proc/meminfo) / 1024 ))
-check "MemAvailable MiB" "$have_mb" "$need_mb"
-[ $ok = 1 ] && echo "host can hold $want idle connections" || exit 1
+case $want in
+  '' | *[!0-9]*)
+    echo "usage: $0 [connections] [stampede flags...]" >&2
+    exit 2
+    ;;
+esac
+[ $# -gt 0 ] && shift
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [ -n "${STAMPEDE_BIN:-}" ]; then
+  bin=$STAMPEDE_BIN
+elif command -v stampede >/dev/null 2>&1; then
+  bin=$(command -v stampede)
+else
+  bin=$repo/target/release/stampede
+fi
+if [ ! -x "$bin" ]; then
+  echo "$0: no stampede binary at $bin: set STAMPEDE_BIN, put stampede on PATH, or run cargo build --release" >&2
+  exit 2
+fi
+
+exec "$bin" --check-capacity --max-connections "$want" "$@"

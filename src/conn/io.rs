@@ -54,7 +54,10 @@ pub(super) fn poll(c: &mut Conn, cx: &mut Context<'_>) -> Poll<Ev> {
         while c.out.pending_len() > 0 {
             match sock.poll_write(cx, c.out.pending()) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ev::Done),
-                Poll::Ready(Ok(n)) => c.out.consume(n),
+                Poll::Ready(Ok(n)) => {
+                    crate::metrics::local(|m| m.bytes_out.add(n as u64));
+                    c.out.consume(n)
+                }
                 Poll::Pending => break,
             }
         }
@@ -94,7 +97,10 @@ pub(super) fn poll(c: &mut Conn, cx: &mut Context<'_>) -> Poll<Ev> {
         let mut s = s.borrow_mut();
         match sock.poll_read(cx, &mut s[..]) {
             Poll::Ready(Ok(0)) => Poll::Ready(Ev::Done),
-            Poll::Ready(Ok(n)) => Poll::Ready(Ev::Read(n)),
+            Poll::Ready(Ok(n)) => {
+                crate::metrics::local(|m| m.bytes_in.add(n as u64));
+                Poll::Ready(Ev::Read(n))
+            }
             Poll::Ready(Err(e)) => {
                 debug!("read: {e}");
                 Poll::Ready(Ev::Done)
@@ -174,6 +180,12 @@ impl Conn {
                 };
                 self.inbuf = Vec::new();
                 self.out.http(&answer);
+                crate::metrics::local(|m| {
+                    m.refused(
+                        crate::metrics::Transport::Http,
+                        crate::metrics::Refused::BadRequest,
+                    )
+                });
                 return None;
             }
         };
@@ -303,6 +315,7 @@ fn handle_frames(
             Ok(Parsed::HeartBeat(n)) => pos += n,
             Ok(Parsed::Frame(f, n)) => {
                 pos += n;
+                crate::metrics::local(|m| m.frames_in.inc());
                 if let Err(e) = session.handle(&f, out, broker) {
                     e.write(out, f.header("receipt"));
                 }

@@ -126,6 +126,8 @@ pub(crate) struct Conn {
     subscribe: Gcra,
     /// Over a rate: not read until its task's timer ends it.
     throttled: bool,
+    /// Accepted on `--metrics-listen`: only the metrics endpoints.
+    metrics_only: bool,
     /// Wakes the connection's task (to write, close or resume reading).
     waker: Option<Waker>,
     /// When the connection was accepted (for the connect timeout).
@@ -154,6 +156,7 @@ impl Conn {
             publish: Gcra::default(),
             subscribe: Gcra::default(),
             throttled: false,
+            metrics_only: false,
             waker: None,
             created: now,
             last_read: now,
@@ -166,6 +169,16 @@ impl Conn {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Accepted on `--metrics-listen`: it may ask only for the metrics
+    /// endpoints (no WebSocket, no API).
+    pub fn set_metrics_only(&mut self) {
+        self.metrics_only = true;
+    }
+
+    pub fn is_metrics_only(&self) -> bool {
+        self.metrics_only
     }
 
     /// The socket is still open (the connection's task has not ended).
@@ -287,7 +300,10 @@ impl Conn {
         let Some(sock) = &self.sock else { return };
         if !self.out.is_write_blocked() && self.out.pending_len() > 0 {
             match sock.send_now(self.out.pending()) {
-                Ok(n) => self.out.consume(n),
+                Ok(n) => {
+                    crate::metrics::local(|m| m.bytes_out.add(n as u64));
+                    self.out.consume(n)
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     tracing::debug!("send: {e}");

@@ -375,7 +375,9 @@ impl Session {
         // RECEIPT follows once the message is stored (or, with persistence
         // off, once the owner shard sequenced it).
         if let Some(r) = receipt {
-            self.owe_receipt(r)?;
+            self.receipts
+                .owe_send(r, Instant::now())
+                .map_err(|_| StompError::too_many_receipts())?;
         }
         broker.publish(draft, receipt.map(|r| Confirm::Receipt(r.into())));
         Ok(())

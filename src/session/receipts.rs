@@ -12,6 +12,7 @@
 //! [`MAX_QUEUED_RECEIPTS`] wait; beyond that the client gets an ERROR.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 /// Receipts waiting behind an owed one, per connection. A client is held
 /// to `--max-publish-rate` and its reads pause while the writer's queue is
@@ -19,9 +20,10 @@ use std::collections::VecDeque;
 /// ever reaches; it only bounds one that never does.
 pub(crate) const MAX_QUEUED_RECEIPTS: usize = 65_536;
 
-/// A receipt not yet written: its id, and whether it may be written (its
-/// frame is done).
-type Waiting = (Box<str>, bool);
+/// A receipt not yet written: its id, whether it may be written (its
+/// frame is done), and for a SEND's, when the SEND was read (for the
+/// SEND-to-RECEIPT latency).
+type Waiting = (Box<str>, bool, Option<Instant>);
 
 /// The receipts of one session not yet written, oldest first.
 #[derive(Debug, Default)]
@@ -43,25 +45,31 @@ impl Receipts {
         self.queue.as_ref().is_some_and(|q| !q.is_empty())
     }
 
-    fn push(&mut self, id: &str, ready: bool) -> Result<(), TooMany> {
+    fn push(&mut self, id: &str, ready: bool, since: Option<Instant>) -> Result<(), TooMany> {
         let q = self.queue.get_or_insert_with(Default::default);
         if q.len() >= MAX_QUEUED_RECEIPTS {
             return Err(TooMany);
         }
-        q.push_back((id.into(), ready));
+        q.push_back((id.into(), ready, since));
         Ok(())
     }
 
     /// A receipt that is answered later ([`Receipts::settle`]).
     pub fn owe(&mut self, id: &str) -> Result<(), TooMany> {
-        self.push(id, false)
+        self.push(id, false, None)
+    }
+
+    /// A SEND's receipt, answered later; its latency from `since` is
+    /// recorded when it is written.
+    pub fn owe_send(&mut self, id: &str, since: Instant) -> Result<(), TooMany> {
+        self.push(id, false, Some(since))
     }
 
     /// A receipt whose frame is done now: `Some(id)` to write at once, or
     /// `None` when it waits behind an owed one.
     pub fn ready<'a>(&mut self, id: &'a str) -> Result<Option<&'a str>, TooMany> {
         if self.any_owed() {
-            self.push(id, true)?;
+            self.push(id, true, None)?;
             Ok(None)
         } else {
             Ok(Some(id))
@@ -74,12 +82,15 @@ impl Receipts {
         let Some(q) = self.queue.as_mut() else {
             return;
         };
-        if let Some(e) = q.iter_mut().find(|(r, ready)| !ready && &**r == id) {
+        if let Some(e) = q.iter_mut().find(|(r, ready, _)| !ready && &**r == id) {
             e.1 = true;
         }
-        while q.front().is_some_and(|(_, ready)| *ready) {
-            let (r, _) = q.pop_front().expect("front exists");
+        while q.front().is_some_and(|(_, ready, _)| *ready) {
+            let (r, _, since) = q.pop_front().expect("front exists");
             write(&r);
+            if let Some(since) = since {
+                crate::metrics::local(|m| m.send_receipt.observe(since.elapsed()));
+            }
         }
         if q.is_empty() {
             self.queue = None;

@@ -128,6 +128,7 @@ impl Conns {
             c.out_mut().clear_queued();
             c.flush();
         }
+        crate::metrics::local(|m| m.flushed());
         // Keep the list's allocation for the next round.
         let mut dirty = self.dirty.borrow_mut();
         if dirty.is_empty() {
@@ -143,6 +144,11 @@ impl Conns {
         self.paused.borrow_mut().push(conn.clone());
     }
 
+    /// Connections paused now.
+    pub fn paused_count(&self) -> usize {
+        self.paused.borrow().len()
+    }
+
     /// Whether any connection is paused.
     pub fn any_paused(&self) -> bool {
         !self.paused.borrow().is_empty()
@@ -156,10 +162,15 @@ impl Conns {
         }
     }
 
-    /// Pause every connection for good (shutting down).
+    /// Pause every client for good (shutting down). A plain HTTP request
+    /// not read yet is still read: during the drain it may ask only for
+    /// health, readiness and metrics, and is answered.
     pub fn pause_all(&self) {
         for (_, conn) in self.table.borrow().iter() {
-            conn.borrow_mut().pause();
+            let mut c = conn.borrow_mut();
+            if c.phase() != Phase::Http {
+                c.pause();
+            }
         }
     }
 }

@@ -197,6 +197,13 @@ impl Durable {
         !self.overflow.borrow().is_empty() || self.waiting.get() >= MAX_WAITING_WORK
     }
 
+    /// Whether the writer's queue is full or this shard holds items back
+    /// for it: publishers are paused (`/readyz`).
+    pub fn writer_full(&self) -> bool {
+        !self.overflow.borrow().is_empty()
+            || self.store.as_ref().is_some_and(|s| s.writer.is_full())
+    }
+
     /// Run `job` on the writer's thread once everything handed to it so
     /// far is committed (at once without a store).
     pub fn after_commits(&self, job: impl FnOnce() + Send + 'static) {
@@ -519,6 +526,7 @@ mod tests {
                 },
                 seq,
                 timestamp_ms: 0,
+                sequenced_at: None,
             },
             Tag::default(),
         )

@@ -17,6 +17,7 @@ use super::Shard;
 use super::conns::Conns;
 use crate::conn::{Phase, Sock};
 use crate::http;
+use crate::metrics::{Listener, Refused, Transport};
 use crate::out::CLOSE_FLUSH_TIMEOUT;
 use crate::stomp::frame::{Escaping, encode_frame};
 use crate::ws::framing::CloseCode;
@@ -27,10 +28,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 pub(super) struct Lifecycle {
-    /// Shutting down: accept nothing, read no client.
+    /// Shutting down: accept no STOMP client, read no client; the HTTP
+    /// listeners go on (for `/readyz`, `/metrics`) until `closing`.
     stopping: Cell<bool>,
-    /// Wake the accept loops to stop (0: HTTP, 1: STOMP).
-    stop_accept: [super::notify::Notify; 2],
+    /// The last step: every client is being closed; accept nothing.
+    closing: Cell<bool>,
+    /// Wake the accept loops to stop (index: `metrics::Listener`).
+    stop_accept: [super::notify::Notify; 3],
     /// Peers that said `Quiesce`.
     quiesced: Cell<usize>,
     /// Who to tell once every peer quiesced and everything is committed.
@@ -42,13 +46,22 @@ impl Lifecycle {
         self.stopping.get()
     }
 
-    /// Stop accepting; `flushed` is told once `quiesced` says so.
+    /// Stop accepting STOMP clients (the HTTP listeners go on, answering
+    /// only health, readiness and metrics); `flushed` is told once
+    /// `quiesced` says so.
     pub fn stop(&self, flushed: Sender<usize>) {
         self.stopping.set(true);
+        self.stop_accept[Listener::Stomp as usize].notify();
+        *self.flushed.borrow_mut() = Some(flushed);
+    }
+
+    /// Stop accepting on every listener.
+    fn close(&self) {
+        self.stopping.set(true);
+        self.closing.set(true);
         for n in &self.stop_accept {
             n.notify();
         }
-        *self.flushed.borrow_mut() = Some(flushed);
     }
 
     /// A peer said `Quiesce`.
@@ -85,38 +98,68 @@ fn stomp_full() -> Vec<u8> {
     frame
 }
 
-/// Accept connections on `listener` (bound for this shard alone) until the
-/// shard stops.
-pub(super) async fn accept_loop(shard: Rc<Shard>, listener: OwnedFd, phase: Phase) {
+/// Connections the metrics listener may take beyond `--max-connections`
+/// (per shard): a full server is when its metrics matter most. Each is a
+/// short plain HTTP request, ended by the connect timeout if it idles.
+const METRICS_ALLOWANCE: usize = 64;
+
+/// Accept connections on `fd` (bound for this shard alone) until the
+/// shard stops (STOMP) or closes its clients (HTTP, metrics).
+pub(super) async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, listener: Listener) {
     use std::os::fd::FromRawFd;
     // SAFETY: a listening socket we own; glommio owns it from here on.
-    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    let max = shard.cfg.max_connections_per_shard();
+    let tcp = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+    let (phase, transport, max) = match listener {
+        Listener::Http => (
+            Phase::Http,
+            Transport::Http,
+            shard.cfg.max_connections_per_shard(),
+        ),
+        Listener::Stomp => (
+            Phase::Stomp,
+            Transport::Stomp,
+            shard.cfg.max_connections_per_shard(),
+        ),
+        Listener::Metrics => (
+            Phase::Http,
+            Transport::Http,
+            shard.cfg.max_connections_per_shard() + METRICS_ALLOWANCE,
+        ),
+    };
     let full = if phase == Phase::Http {
         http::server_full()
     } else {
         stomp_full()
     };
-    let stop = &shard.life.stop_accept[usize::from(phase != Phase::Http)];
+    let stop = &shard.life.stop_accept[listener as usize];
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+        let accepted = futures_lite::future::or(async { Some(tcp.accept().await) }, async {
             stop.wait().await;
             None
         })
         .await;
         // Shutting down: dropping the listener closes it (and a connection
         // accepted in the same instant is closed unread).
-        let Some(accepted) = accepted.filter(|_| !shard.life.stopping()) else {
+        let done = match listener {
+            Listener::Stomp => shard.life.stopping(),
+            Listener::Http | Listener::Metrics => shard.life.closing.get(),
+        };
+        let Some(accepted) = accepted.filter(|_| !done) else {
             return;
         };
         match accepted {
             Ok(stream) => {
                 let sock = Sock::new(stream);
                 if shard.conns.count() >= max {
+                    crate::metrics::local(|m| m.refused(transport, Refused::Full));
                     sock.refuse(&full);
                     continue;
                 }
-                shard.register(sock, phase, Vec::new(), &[]);
+                crate::metrics::local(|m| m.accepted[listener as usize].inc());
+                let conn = shard.register(sock, phase, Vec::new(), &[]);
+                if listener == Listener::Metrics {
+                    conn.borrow_mut().set_metrics_only();
+                }
             }
             Err(e) => {
                 warn!(shard = shard.id, "accept: {e}");
@@ -130,6 +173,7 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: OwnedFd, phase: Phas
 /// plain STOMP; report to `closed` once all are gone or the close deadline
 /// passed.
 pub(super) fn close_all(shard: &Rc<Shard>, closed: Sender<usize>) {
+    shard.life.close();
     let conns: &Conns = &shard.conns;
     let all = conns.all();
     for conn in &all {

@@ -241,6 +241,14 @@ impl ShardMsg {
     }
 }
 
+/// A `GET /metrics` on connection `conn` of shard `shard`, for the scrape
+/// thread, which answers it through the shard's inbox (`External::Http`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScrapeReq {
+    pub shard: usize,
+    pub conn: ConnToken,
+}
+
 /// From a plain thread to a shard.
 pub(crate) enum External {
     /// A writer batch with confirmations owed to this shard's connections
@@ -265,6 +273,10 @@ pub(crate) enum External {
     },
     /// The answer to an HTTP request that waited for the reader pool.
     Http { conn: ConnToken, response: Vec<u8> },
+    /// A scrape: send a snapshot of this shard's counters to `reply`.
+    Scrape {
+        reply: Sender<crate::metrics::ShardSnapshot>,
+    },
     /// Graceful shutdown, first step: stop accepting and reading, hand
     /// everything to the writer, then report the shard's id once all of it
     /// is committed.

@@ -56,6 +56,11 @@ impl Peers {
         }
     }
 
+    /// Messages waiting in the outboxes (not yet handed to the mesh).
+    pub fn queued(&self) -> usize {
+        self.outbox.iter().map(|q| q.borrow().len()).sum()
+    }
+
     /// Queue a message for peer shard `peer`.
     pub fn send(&self, peer: usize, msg: ShardMsg) {
         let bytes = &self.outbox_bytes[peer];

@@ -522,6 +522,7 @@ impl Rooms {
         let limits = self.limits;
         let mut encoded: [Option<Encoded>; 3] = [None, None, None];
         let now = Instant::now();
+        let mut written = 0u64;
         for sub in self.local.subscribers_mut(&msg.draft.room) {
             let mut c = sub.conn.borrow_mut();
             if !c.takes_output() {
@@ -547,13 +548,23 @@ impl Rooms {
                         ),
                         CloseCode::Policy,
                     );
+                    crate::metrics::local(|m| m.slow_consumers.inc());
                     conns.queue_flush(&sub.conn, &mut c);
                 }
                 continue;
             }
             let enc = encoded[sub.version as usize].get_or_insert_with(|| msg.encode(sub.version));
-            deliver_to(sub, &mut c, enc, msg.seq, now, limits);
+            written += u64::from(deliver_to(sub, &mut c, enc, msg.seq, now, limits));
             conns.queue_flush(&sub.conn, &mut c);
+        }
+        if written > 0 {
+            crate::metrics::local(|m| {
+                m.delivered.add(written);
+                m.frames_out.add(written);
+                if let Some(at) = msg.sequenced_at {
+                    m.delivered_at(at);
+                }
+            });
         }
     }
 
@@ -580,10 +591,15 @@ impl Rooms {
             return PageDone::Finished;
         }
         let now = Instant::now();
+        let mut written = 0u64;
         for m in &page.messages {
             let enc = m.encode(sub.version);
-            deliver_to(sub, c, &enc, m.seq, now, limits);
+            written += u64::from(deliver_to(sub, c, &enc, m.seq, now, limits));
         }
+        crate::metrics::local(|m| {
+            m.replayed.add(written);
+            m.frames_out.add(written);
+        });
         if page.more {
             return PageDone::More(page.messages.last().map(|m| m.seq).unwrap_or(upto));
         }
@@ -594,10 +610,14 @@ impl Rooms {
         PageDone::Finished
     }
 
-    /// Rooms owned here (tests).
-    #[cfg(test)]
+    /// Rooms owned here.
     pub fn owned_count(&self) -> usize {
         self.owned.len()
+    }
+
+    /// Subscriptions of this shard's connections.
+    pub fn local_count(&self) -> usize {
+        self.local.len()
     }
 }
 
@@ -609,14 +629,20 @@ fn release(sub: &mut Subscriber, c: &mut Conn, limits: FanoutLimits) {
     }
     let hold = sub.hold.take().expect("checked above");
     let now = Instant::now();
+    let mut written = 0u64;
     for m in hold.held.iter().filter(|m| m.seq > hold.upto) {
         let enc = m.encode(sub.version);
-        deliver_to(sub, c, &enc, m.seq, now, limits);
+        written += u64::from(deliver_to(sub, c, &enc, m.seq, now, limits));
     }
+    crate::metrics::local(|m| {
+        m.delivered.add(written);
+        m.frames_out.add(written);
+    });
 }
 
 /// Append one message to one subscriber's output: acknowledgement
-/// bookkeeping, then the frame; over a limit, ERROR and close.
+/// bookkeeping, then the frame; over a limit, ERROR and close. Whether
+/// the MESSAGE was written.
 fn deliver_to(
     sub: &Subscriber,
     c: &mut Conn,
@@ -624,32 +650,35 @@ fn deliver_to(
     seq: u64,
     now: Instant,
     limits: FanoutLimits,
-) {
+) -> bool {
     let mut ack = None;
     if sub.mode != AckMode::Auto {
         let (session, out) = c.session_out();
         match session.pend(sub.sub_n, seq, limits.max_pending_acks, out) {
             Pend::Deliver(a) => ack = a,
-            Pend::Gone => return,
+            Pend::Gone => return false,
             Pend::Refused => {}
         }
     }
     let out = c.out_mut();
-    if !out.is_closing() {
-        out.message(&sub.prefix, ack, enc, now);
-        if out.pending_len() > limits.max_outbound_bytes {
-            out.error(
-                "slow consumer",
-                None,
-                &[],
-                &format!(
-                    "more than {} bytes queued for this connection; it reads too slowly",
-                    limits.max_outbound_bytes
-                ),
-                CloseCode::Policy,
-            );
-        }
+    if out.is_closing() {
+        return false;
     }
+    out.message(&sub.prefix, ack, enc, now);
+    if out.pending_len() > limits.max_outbound_bytes {
+        crate::metrics::local(|m| m.slow_consumers.inc());
+        out.error(
+            "slow consumer",
+            None,
+            &[],
+            &format!(
+                "more than {} bytes queued for this connection; it reads too slowly",
+                limits.max_outbound_bytes
+            ),
+            CloseCode::Policy,
+        );
+    }
+    true
 }
 
 #[cfg(test)]

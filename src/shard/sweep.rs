@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::Shard;
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
+use crate::metrics::{Refused, Transport};
 use crate::ws::framing::CloseCode;
 
 /// Longest interval between sweeps (heart-beats, timeouts). A silent client
@@ -80,10 +81,19 @@ fn check(c: &mut Conn, now: Instant, tick: Duration, connect_timeout: Duration) 
             return false;
         }
         if matches!(c.phase(), Phase::Http | Phase::HttpWait) {
+            if c.phase() == Phase::Http {
+                crate::metrics::local(|m| m.refused(Transport::Http, Refused::HandshakeTimeout));
+            }
             c.out_mut().abort();
             c.wake();
             return false;
         }
+        let transport = if c.phase() == Phase::Ws {
+            Transport::Ws
+        } else {
+            Transport::Stomp
+        };
+        crate::metrics::local(|m| m.refused(transport, Refused::ConnectTimeout));
         c.out_mut().error(
             "not connected: CONNECT timeout",
             None,
@@ -106,6 +116,7 @@ fn check(c: &mut Conn, now: Instant, tick: Duration, connect_timeout: Duration) 
         );
         c.out_mut()
             .error("heart-beat timeout", None, &[], &detail, CloseCode::Policy);
+        crate::metrics::local(|m| m.heartbeat_timeouts.inc());
         return true;
     }
     if hb_send_ms > 0

@@ -16,9 +16,10 @@ use glommio::timer::Timer;
 use tracing::debug;
 
 use super::conns::ConnRef;
-use super::msg::{External, MemberReq, ShardMsg};
+use super::msg::{External, MemberReq, ScrapeReq, ShardMsg};
 use super::{ConnBroker, Shard};
-use crate::api::{self, Answer};
+use crate::api::{self, Answer, Served};
+use crate::config::Listen;
 use crate::conn::{Conn, Ev, Outcome, READ_PAUSE_OUTBOUND, SCRATCH_SIZE, with_scratch};
 use crate::room::{owner_of, valid_room};
 
@@ -155,6 +156,19 @@ impl Shard {
                     admin_token: self.cfg.admin_token.expose(),
                     max_devices: self.cfg.max_devices_per_user,
                     push: self.push.as_deref(),
+                    not_ready: if path == "/readyz" {
+                        self.not_ready()
+                    } else {
+                        None
+                    },
+                    served: if c.is_metrics_only() {
+                        Served::Metrics
+                    } else if self.cfg.metrics_listen == Listen::Off {
+                        Served::All
+                    } else {
+                        Served::Public
+                    },
+                    draining: self.life.stopping(),
                 };
                 match api::route(
                     &method,
@@ -197,10 +211,38 @@ impl Shard {
                         });
                         match self.durable.submit_read(job) {
                             Ok(()) => c.await_http_answer(),
-                            Err(_) => c.answer_http(&api::busy()),
+                            Err(_) => {
+                                crate::metrics::local(|m| m.reads_busy.inc());
+                                c.answer_http(&api::busy())
+                            }
+                        }
+                    }
+                    Answer::Metrics => {
+                        let req = ScrapeReq {
+                            shard: self.id,
+                            conn: token,
+                        };
+                        match self.scrape.try_send(req) {
+                            Ok(()) => c.await_http_answer(),
+                            Err(_) => c.answer_http(&crate::http::text(
+                                crate::http::Status::ServiceUnavailable,
+                                "too many scrapes at once; retry shortly",
+                            )),
                         }
                     }
                 }
+                Next::Read
+            }
+            Some(Outcome::Upgrade { .. }) if c.is_metrics_only() || self.life.stopping() => {
+                let why = if self.life.stopping() {
+                    "the server is shutting down"
+                } else {
+                    "this listener (--metrics-listen) takes no WebSocket connections"
+                };
+                c.answer_http(&crate::http::text(
+                    crate::http::Status::ServiceUnavailable,
+                    why,
+                ));
                 Next::Read
             }
             Some(Outcome::Upgrade { answer, rest, room }) => {

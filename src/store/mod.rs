@@ -385,6 +385,7 @@ pub(crate) fn read_page(
             },
             seq: r.get::<_, i64>(0)? as u64,
             timestamp_ms: r.get::<_, i64>(2)? as u64,
+            sequenced_at: None,
         });
     }
     if matches!(range, Range::Before { .. }) {

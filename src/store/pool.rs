@@ -44,6 +44,11 @@ impl Pool {
         Ok(Pool { tx })
     }
 
+    /// Jobs waiting for a reader.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Queue a job without waiting (shards).
     pub fn try_submit(&self, job: ReadJob) -> Result<(), Busy> {
         match self.tx.try_send(job) {

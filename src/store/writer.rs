@@ -72,6 +72,10 @@ pub struct Committed<T> {
     /// is retried message by message, so an error names only the messages
     /// that could not be stored even alone.
     pub error: Option<StoreError>,
+    /// How long the batch's transaction took (its commit and, with
+    /// `--durability full`, its fsync); zero for the reports without tags
+    /// and for messages retried one by one.
+    pub took: std::time::Duration,
 }
 
 /// What the writer did, returned when its channel closes.
@@ -140,7 +144,11 @@ where
     let mut batch: Vec<Persist<T>> = Vec::with_capacity(max_batch);
     let mut after: Option<AfterJob> = None;
     let mut ops: Vec<Box<Op>> = Vec::new();
+    let delay = fault_delay();
     while let Ok(first) = rx.recv() {
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         match first {
             Item::Msg(m) => batch.push(m),
             Item::After(job) => after = Some(job),
@@ -160,12 +168,14 @@ where
         if !batch.is_empty() {
             stats.batches += 1;
             stats.largest_batch = stats.largest_batch.max(batch.len());
+            let start = std::time::Instant::now();
             match write(&mut conn, &batch) {
                 Ok(()) => {
                     stats.messages += batch.len() as u64;
                     on_commit(Committed {
                         tags: batch.drain(..).map(|m| m.tag).collect(),
                         error: None,
+                        took: start.elapsed(),
                     });
                 }
                 Err(e) => {
@@ -189,6 +199,7 @@ where
                 on_commit(Committed {
                     tags: Vec::new(),
                     error: None,
+                    took: std::time::Duration::ZERO,
                 });
             }
         }
@@ -199,10 +210,26 @@ where
             on_commit(Committed {
                 tags: Vec::new(),
                 error: None,
+                took: std::time::Duration::ZERO,
             });
         }
     }
     stats
+}
+
+/// Fault injection (test builds only, see `server.rs`): a writer slowed by
+/// `STAMPEDE_FAULT_WRITER_DELAY_MS` per round, so tests can fill its queue.
+#[cfg(feature = "fault-injection")]
+fn fault_delay() -> Option<std::time::Duration> {
+    std::env::var("STAMPEDE_FAULT_WRITER_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault_delay() -> Option<std::time::Duration> {
+    None
 }
 
 /// After a failed batch: store each message in its own transaction, so
@@ -231,12 +258,14 @@ fn one_by_one<T, F>(
                     on_commit(Committed {
                         tags: std::mem::take(&mut stored),
                         error: None,
+                        took: std::time::Duration::ZERO,
                     });
                 }
                 stats.failed_messages += 1;
                 on_commit(Committed {
                     tags: vec![m.tag],
                     error: Some(StoreError::from(e)),
+                    took: std::time::Duration::ZERO,
                 });
             }
         }
@@ -245,6 +274,7 @@ fn one_by_one<T, F>(
         on_commit(Committed {
             tags: stored,
             error: None,
+            took: std::time::Duration::ZERO,
         });
     }
 }
@@ -331,6 +361,7 @@ mod tests {
                 },
                 seq,
                 timestamp_ms: 1_700_000_000_000 + seq,
+                sequenced_at: None,
             },
             tag,
         )
