@@ -295,13 +295,15 @@ impl Conn {
     /// Send what is queued with one `send`, straight from the shard's
     /// flush. If the socket does not take it all, the connection's task
     /// takes over (waiting for writability); it is woken whenever it has
-    /// something to do (blocked output, closing, aborted).
-    pub fn flush(&mut self) {
-        let Some(sock) = &self.sock else { return };
+    /// something to do (blocked output, closing, aborted). Returns the
+    /// bytes sent (the shard counts them once per flush).
+    pub fn flush(&mut self) -> usize {
+        let Some(sock) = &self.sock else { return 0 };
+        let mut sent = 0;
         if !self.out.is_write_blocked() && self.out.pending_len() > 0 {
             match sock.send_now(self.out.pending()) {
                 Ok(n) => {
-                    crate::metrics::local(|m| m.bytes_out.add(n as u64));
+                    sent = n;
                     self.out.consume(n)
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -317,6 +319,7 @@ impl Conn {
         if self.out.is_write_blocked() || self.out.is_closing() || self.out.is_aborted() {
             self.wake();
         }
+        sent
     }
 
     /// One poll of everything the connection's task waits for: writability

@@ -123,12 +123,16 @@ impl Conns {
     /// block.
     pub fn flush(&self) {
         let list = std::mem::take(&mut *self.dirty.borrow_mut());
+        let mut sent = 0;
         for conn in &list {
             let mut c = conn.borrow_mut();
             c.out_mut().clear_queued();
-            c.flush();
+            sent += c.flush();
         }
-        crate::metrics::local(|m| m.flushed());
+        crate::metrics::local(|m| {
+            m.bytes_out.add(sent as u64);
+            m.flushed();
+        });
         // Keep the list's allocation for the next round.
         let mut dirty = self.dirty.borrow_mut();
         if dirty.is_empty() {
