@@ -32,6 +32,11 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
 fi
+# The tuning scripts must pass shellcheck (tests/python/test_tuning.py).
+if ! command -v shellcheck >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends shellcheck >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends shellcheck >/dev/null; }
+fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 

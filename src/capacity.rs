@@ -4,7 +4,7 @@
 //! At start the server logs [`Report`]'s one line and a warning for each
 //! limit the settings go past; `--check-capacity` prints
 //! [`Report::details`] and exits 0 when the host holds `--max-connections`,
-//! 1 when it does not. `tuning/capacity-check.sh` runs that, so there is one
+//! 1 when it does not. `tuning/check.sh` runs that, so there is one
 //! source of truth. [`Host::probe`] reads the limits (anything unreadable is
 //! `None`, shown as "unknown"); [`assess`] is pure, over plain numbers.
 
@@ -26,7 +26,7 @@ pub const SERVER_BYTES_PER_SESSION: u64 = 2_098;
 
 /// Kernel socket memory per idle connection: "~9–10 KB per loopback pair"
 /// (`benches/RESULTS.md`, 2026-11-25; `tuning/sysctl.conf`), taken as
-/// 10 KiB, the figure `tuning/capacity-check.sh` used ("~10 KB of kernel
+/// 10 KiB, the figure the old `tuning/capacity-check.sh` used ("~10 KB of kernel
 /// socket buffers per idle connection (measured on loopback)").
 pub const KERNEL_BYTES_PER_SESSION: u64 = 10 * 1024;
 

@@ -1,5 +1,5 @@
 """The capacity report (src/capacity.rs): `--check-capacity`, the start-up
-line and its warnings, and tuning/capacity-check.sh, which runs the former.
+line and its warnings, and tuning/check.sh, which runs the former.
 
 50,000,000 connections is more than the open-file limit and the memory of
 any machine this runs on (~12 KiB each: ~570 GiB); 100 fits everywhere.
@@ -82,7 +82,7 @@ def test_start_up_line_and_warning(server_factory):
 
 
 def run_script(*args, **env):
-    return subprocess.run(["bash", str(REPO / "tuning" / "capacity-check.sh"), *args],
+    return subprocess.run(["bash", str(REPO / "tuning" / "check.sh"), *args],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT,
                           env=clean_env(**env))
 
@@ -91,8 +91,12 @@ def test_capacity_check_script(tmp_path):
     bin_ = str(stampede_bin())
     ok = run_script("100", STAMPEDE_BIN=bin_)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.startswith("stampede capacity check: "), ok.stdout
-    assert "max_connections 100\n" in ok.stdout.splitlines(keepends=True)[0], ok.stdout
+    assert ok.stdout.startswith("host facts (this shell):\n"), ok.stdout
+    for fact in ("open files soft/hard", "fs.nr_open", "memlock", "net.core.somaxconn",
+                 "ip_local_port_range", "cores", "MemTotal", "io_uring"):
+        assert f"  {fact}" in ok.stdout, (fact, ok.stdout)
+    verdict = ok.stdout[ok.stdout.index("stampede capacity check: "):]
+    assert "max_connections 100\n" in verdict.splitlines(keepends=True)[0], ok.stdout
     low = run_script(TOO_MANY, STAMPEDE_BIN=bin_)
     assert low.returncode == 1, low.stdout + low.stderr
     assert "too many:" in low.stdout

@@ -1,0 +1,106 @@
+"""tuning/ (issue 14, part 1): the scripts are shellcheck-clean, and
+apply.sh shows the differences without writing anything unless --apply,
+needs root for --apply, and installs idempotently (into a scratch root:
+the test machine's kernel settings are left alone)."""
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+TUNING = REPO / "tuning"
+TIMEOUT = 60
+
+
+def run(*args, user=None):
+    cmd = ["bash", str(TUNING / "apply.sh"), *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def our_settings():
+    keys = {}
+    for line in (TUNING / "sysctl.conf").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "=" in line:
+            k, v = (x.strip() for x in line.split("=", 1))
+            keys[k] = " ".join(v.split())
+    return keys
+
+
+def test_every_tuning_script_is_shellcheck_clean():
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck not found (Debian package shellcheck; scripts/test.sh installs it)"
+    scripts = sorted(str(p) for p in TUNING.glob("*.sh"))
+    assert len(scripts) >= 2, scripts
+    r = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_sysctl_file_names_what_the_deployment_needs_with_reasons():
+    keys = our_settings()
+    for k in ("net.core.netdev_max_backlog", "net.ipv4.tcp_mem", "net.ipv4.tcp_fin_timeout",
+              "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+              "net.core.somaxconn", "fs.nr_open"):
+        assert k in keys, k
+        assert Path(f"/proc/sys/{k.replace('.', '/')}").exists(), f"{k} is not a kernel setting here"
+    # every setting has a comment above it (why, and what it costs)
+    lines = (TUNING / "sysctl.conf").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.startswith("#"):
+            j = i - 1
+            while j >= 0 and "=" in lines[j] and not lines[j].startswith("#"):
+                j -= 1
+            assert j >= 0 and lines[j].startswith("#"), f"no reason given above: {line}"
+
+
+def test_dry_run_shows_the_differences_and_writes_nothing(tmp_path):
+    root = tmp_path / "root"
+    r = run("--root", str(root))
+    assert r.returncode in (0, 3), r.stdout + r.stderr
+    assert not root.exists(), "a dry run wrote files"
+    table = r.stdout.splitlines()
+    assert table[0].split() == ["setting", "running", "ours", "action"]
+    keys = our_settings()
+    for k in keys:
+        row = next((line for line in table if line.startswith(k + " ")), None)
+        assert row is not None, (k, r.stdout)
+        running = Path(f"/proc/sys/{k.replace('.', '/')}").read_text().split()
+        assert " ".join(running) in row, (k, row)
+    assert "would be installed" in r.stdout
+    assert r.returncode == 3 and "dry run: nothing written" in r.stdout
+
+
+def test_apply_needs_root():
+    r = run("--apply", user=65534)
+    assert r.returncode == 2 and "as root" in r.stderr, r.stdout + r.stderr
+
+
+def test_apply_installs_the_files_once(tmp_path):
+    root = tmp_path / "root"
+    first = run("--apply", "--root", str(root))
+    assert first.returncode == 0, first.stdout + first.stderr
+    sysctl = root / "etc/sysctl.d/60-stampede.conf"
+    limits = root / "etc/security/limits.d/60-stampede.conf"
+    assert "installed" in first.stdout and sysctl.exists() and limits.exists()
+    assert limits.read_text() == (TUNING / "limits.conf").read_text()
+    # tcp_mem is sized from this host's memory: 1/8, 1/6, 1/4 of it in pages
+    mem_kib = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M)[1])
+    pages = mem_kib // 4
+    want = f"net.ipv4.tcp_mem = {pages // 8} {pages // 6} {pages // 4}"
+    assert want in sysctl.read_text().splitlines(), sysctl.read_text()
+    # everything else as in tuning/sysctl.conf
+    ours = [l for l in (TUNING / "sysctl.conf").read_text().splitlines() if "tcp_mem =" not in l]
+    theirs = [l for l in sysctl.read_text().splitlines() if "tcp_mem =" not in l]
+    assert ours == theirs
+    before = (sysctl.stat().st_mtime_ns, limits.stat().st_mtime_ns)
+    second = run("--apply", "--root", str(root))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.count("up to date") == 2, second.stdout
+    assert (sysctl.stat().st_mtime_ns, limits.stat().st_mtime_ns) == before, "rewrote unchanged files"
