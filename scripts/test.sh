@@ -32,11 +32,14 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
 fi
-# The tuning scripts must pass shellcheck (tests/python/test_tuning.py).
-if ! command -v shellcheck >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends shellcheck >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends shellcheck >/dev/null; }
-fi
+# The tuning scripts must pass shellcheck and tuning/nginx.conf `nginx -t`
+# (tests/python/test_tuning.py).
+for tool in shellcheck:shellcheck nginx:nginx; do
+  if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tool#*:}" >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tool#*:}" >/dev/null; }
+  fi
+done
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
