@@ -104,7 +104,7 @@ prepare_state() {
 }
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-read_pid() { [ -s "$1" ] && tr -dc '0-9' <"$1" || true; }
+read_pid() { if [ -s "$1" ]; then tr -dc '0-9' <"$1" || true; fi; }
 is_beam() { [ -r "/proc/$1/comm" ] && [[ "$(cat "/proc/$1/comm")" == beam* ]]; }
 
 port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
@@ -205,8 +205,9 @@ cmd_start() {
     *) die "unknown option for start: $1" ;;
     esac
   done
-  [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 55000 ] ||
+  if ! { [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 55000 ]; }; then
     die "--port must be 1..55000 (the Erlang distribution port is PORT+10000), got '$port'"
+  fi
   local dist_port=$((port + 10000))
 
   cmd_install --quiet

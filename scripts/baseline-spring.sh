@@ -289,14 +289,14 @@ do_start() {
 }
 
 do_stop() {
-  local pid i
+  local pid
   if ! pid=$(server_pid); then
     rm -f "$pid_file"
     note "not running"
     return 0
   fi
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done

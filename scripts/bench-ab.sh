@@ -76,7 +76,7 @@ export STAMPEDE_MAX_PUBLISH_RATE=0
 DATE="$(date +%F)"
 if [ -n "$OUT" ]; then OUT="$(abspath "$OUT")"; else OUT="$ROOT/bench/results/$DATE-ab"; fi
 for b in "$BIN_A" "$BIN_B" "$BENCH"; do
-  [ -x "$b" ] && [ -f "$b" ] || { echo "not an executable file: $b" >&2; exit 2; }
+  if ! { [ -x "$b" ] && [ -f "$b" ]; }; then echo "not an executable file: $b" >&2; exit 2; fi
 done
 command -v taskset >/dev/null || { echo "taskset not found (util-linux)" >&2; exit 2; }
 command -v setsid >/dev/null || { echo "setsid not found (util-linux)" >&2; exit 2; }
@@ -232,11 +232,13 @@ describe_bin() {
   local bin="$1" dir top rev dirty sum
   dir="$(dirname "$(readlink -f "$bin")")"
   sum="$(sha256sum "$bin" | cut -c1-12)"
+  # shellcheck disable=SC2016 # the backticks are Markdown, not a command
   printf '`%s` (sha256 %s…, built %s)' "$bin" "$sum" "$(date -r "$bin" '+%F %T')"
   if top="$(git -C "$dir" rev-parse --show-toplevel 2>/dev/null)" && rev="$(git -C "$dir" rev-parse HEAD 2>/dev/null)"; then
     dirty=""
     [ -z "$(git --no-optional-locks -C "$top" status --porcelain --untracked-files=no 2>/dev/null | head -1)" ] \
       || dirty=", tracked files modified in the worktree now"
+    # shellcheck disable=SC2016 # the backticks are Markdown, not a command
     printf '; worktree `%s` at %s%s' "$top" "$rev" "$dirty"
   else
     printf '; not in a git worktree'
@@ -396,5 +398,5 @@ for sc, (title, cols) in SCENARIOS.items():
 EOF
 } >"$SUMMARY"
 echo "=== summary ($SUMMARY)" >>"$LOG"
-cat "$SUMMARY" | tee -a "$LOG"
+tee -a "$LOG" <"$SUMMARY"
 say "done in $((ELAPSED / 60)) min $((ELAPSED % 60)) s; wrote $SUMMARY"

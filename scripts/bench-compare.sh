@@ -154,6 +154,7 @@ ensure_alive() {
 # recorded, not fatal (its JSON says what failed).
 bench() {
   local name="$1" file="$2"; shift 2
+  # shellcheck disable=SC2206 # $PIN is a command prefix ("taskset -c 1"), split on purpose
   local cmd=($PIN "$BENCH" "$@" --label "$name" --server-pid "$PID" --json "$JSON/$file")
   echo "\$ ${cmd[*]}" >>"$LOG"
   "${cmd[@]}" >>"$LOG" 2>&1 || say "$name: $1 exited $? (see run.log)"

@@ -34,11 +34,12 @@ def our_settings():
     return keys
 
 
-def test_every_tuning_script_is_shellcheck_clean():
+def test_every_shell_script_is_shellcheck_clean():
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck not found (Debian package shellcheck; scripts/test.sh installs it)"
-    scripts = sorted(str(p) for p in TUNING.glob("*.sh"))
-    assert len(scripts) >= 2, scripts
+    scripts = sorted(str(p) for p in [*TUNING.glob("*.sh"), *(REPO / "scripts").glob("*.sh"),
+                                      REPO / ".ci" / "run"])
+    assert len(scripts) >= 8, scripts
     r = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stdout + r.stderr
 
