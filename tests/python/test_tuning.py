@@ -38,6 +38,7 @@ def test_every_shell_script_is_shellcheck_clean():
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck not found (Debian package shellcheck; scripts/test.sh installs it)"
     scripts = sorted(str(p) for p in [*TUNING.glob("*.sh"), *(REPO / "scripts").glob("*.sh"),
+                                      REPO / "fuzz" / "run.sh",
                                       REPO / ".ci" / "run"])
     assert len(scripts) >= 8, scripts
     r = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, timeout=TIMEOUT)
