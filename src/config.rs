@@ -557,7 +557,7 @@ impl Config {
 }
 
 /// The soft RLIMIT_NOFILE of this process.
-fn nofile_limit() -> usize {
+pub(crate) fn nofile_limit() -> usize {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

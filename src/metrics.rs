@@ -558,17 +558,112 @@ fn push_value(out: &mut String, v: f64) {
     }
 }
 
+/// A per-shard family with one value per shard: name, type, help, value.
+type Scalar = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardSnapshot) -> u64,
+);
+
+/// The per-shard scalar families written before the ERROR counts...
+const SCALARS_A: &[Scalar] = &[
+    (
+        "stampede_sessions",
+        "gauge",
+        "STOMP sessions (CONNECTED).",
+        |s| s.gauges.sessions,
+    ),
+    (
+        "stampede_subscriptions",
+        "gauge",
+        "Subscriptions of this shard's connections.",
+        |s| s.gauges.subscriptions,
+    ),
+    (
+        "stampede_rooms_owned",
+        "gauge",
+        "Rooms this shard owns (sequences) now.",
+        |s| s.gauges.rooms_owned,
+    ),
+    (
+        "stampede_frames_received_total",
+        "counter",
+        "STOMP frames received from clients (heart-beats not counted).",
+        |s| s.frames_in,
+    ),
+    (
+        "stampede_frames_sent_total",
+        "counter",
+        "STOMP frames sent to clients (heart-beats not counted).",
+        |s| s.frames_out,
+    ),
+    (
+        "stampede_received_bytes_total",
+        "counter",
+        "Bytes read from client sockets.",
+        |s| s.bytes_in,
+    ),
+    (
+        "stampede_sent_bytes_total",
+        "counter",
+        "Bytes written to client sockets.",
+        |s| s.bytes_out,
+    ),
+    (
+        "stampede_messages_published_total",
+        "counter",
+        "Messages sequenced by this shard as their room's owner.",
+        |s| s.published,
+    ),
+    (
+        "stampede_messages_delivered_total",
+        "counter",
+        "MESSAGE frames written to live subscribers on this shard.",
+        |s| s.delivered,
+    ),
+    (
+        "stampede_messages_replayed_total",
+        "counter",
+        "MESSAGE frames written from stored history (x-since-seq, x-replay-last).",
+        |s| s.replayed,
+    ),
+];
+
+/// ...and those written after the disconnects.
+const SCALARS_B: &[Scalar] = &[
+    (
+        "stampede_mesh_queued_messages",
+        "gauge",
+        "Messages waiting in this shard's queues towards other shards.",
+        |s| s.gauges.mesh_queued,
+    ),
+    (
+        "stampede_paused_readers",
+        "gauge",
+        "Connections not read because a queue towards another shard or the writer is full.",
+        |s| s.gauges.paused_readers,
+    ),
+    (
+        "stampede_history_reads_busy_total",
+        "counter",
+        "History API requests answered 503 because the reader pool's queue was full.",
+        |s| s.reads_busy,
+    ),
+];
+
 /// Write every shard's families: per-shard series (label `shard`) for
 /// counters and gauges, histograms merged over the shards.
 pub fn render_shards(t: &mut Text, shards: &[ShardSnapshot]) {
     let ids: Vec<String> = shards.iter().map(|s| s.shard.to_string()).collect();
-    let each =
-        |t: &mut Text, name: &str, kind: &str, help: &str, get: &dyn Fn(&ShardSnapshot) -> u64| {
+    let each = |t: &mut Text, scalars: &[Scalar]| {
+        for (name, kind, help, get) in scalars {
             t.family(name, kind, help);
             for (s, id) in shards.iter().zip(&ids) {
                 t.sample(name, &[("shard", id)], get(s) as f64);
             }
-        };
+        }
+    };
     t.family(
         "stampede_connections",
         "gauge",
@@ -615,76 +710,7 @@ pub fn render_shards(t: &mut Text, shards: &[ShardSnapshot]) {
             );
         }
     }
-    each(
-        t,
-        "stampede_sessions",
-        "gauge",
-        "STOMP sessions (CONNECTED).",
-        &|s| s.gauges.sessions,
-    );
-    each(
-        t,
-        "stampede_subscriptions",
-        "gauge",
-        "Subscriptions of this shard's connections.",
-        &|s| s.gauges.subscriptions,
-    );
-    each(
-        t,
-        "stampede_rooms_owned",
-        "gauge",
-        "Rooms this shard owns (sequences) now.",
-        &|s| s.gauges.rooms_owned,
-    );
-    each(
-        t,
-        "stampede_frames_received_total",
-        "counter",
-        "STOMP frames received from clients (heart-beats not counted).",
-        &|s| s.frames_in,
-    );
-    each(
-        t,
-        "stampede_frames_sent_total",
-        "counter",
-        "STOMP frames sent to clients (heart-beats not counted).",
-        &|s| s.frames_out,
-    );
-    each(
-        t,
-        "stampede_received_bytes_total",
-        "counter",
-        "Bytes read from client sockets.",
-        &|s| s.bytes_in,
-    );
-    each(
-        t,
-        "stampede_sent_bytes_total",
-        "counter",
-        "Bytes written to client sockets.",
-        &|s| s.bytes_out,
-    );
-    each(
-        t,
-        "stampede_messages_published_total",
-        "counter",
-        "Messages sequenced by this shard as their room's owner.",
-        &|s| s.published,
-    );
-    each(
-        t,
-        "stampede_messages_delivered_total",
-        "counter",
-        "MESSAGE frames written to live subscribers on this shard.",
-        &|s| s.delivered,
-    );
-    each(
-        t,
-        "stampede_messages_replayed_total",
-        "counter",
-        "MESSAGE frames written from stored history (x-since-seq, x-replay-last).",
-        &|s| s.replayed,
-    );
+    each(t, SCALARS_A);
     t.family(
         "stampede_errors_sent_total",
         "counter",
@@ -716,27 +742,7 @@ pub fn render_shards(t: &mut Text, shards: &[ShardSnapshot]) {
             );
         }
     }
-    each(
-        t,
-        "stampede_mesh_queued_messages",
-        "gauge",
-        "Messages waiting in this shard's queues towards other shards.",
-        &|s| s.gauges.mesh_queued,
-    );
-    each(
-        t,
-        "stampede_paused_readers",
-        "gauge",
-        "Connections not read because a queue towards another shard or the writer is full.",
-        &|s| s.gauges.paused_readers,
-    );
-    each(
-        t,
-        "stampede_history_reads_busy_total",
-        "counter",
-        "History API requests answered 503 because the reader pool's queue was full.",
-        &|s| s.reads_busy,
-    );
+    each(t, SCALARS_B);
     let merged = |get: &dyn Fn(&ShardSnapshot) -> &Histogram| {
         let mut h = Histogram {
             bounds: &LATENCY_BOUNDS,

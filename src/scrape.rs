@@ -156,30 +156,30 @@ fn process(t: &mut Text, s: &Sources, started: f64) {
             "Capacity of the writer's queue (--persist-queue); when it is full, publishers are paused.",
             q.writer_capacity as f64,
         );
-        t.single(
-            "stampede_writer_commits_total",
-            "counter",
-            "Batches of messages committed by the writer.",
-            get(&w.batches),
-        );
-        t.single(
-            "stampede_writer_fsyncs_total",
-            "counter",
-            "Commits that fsynced the write-ahead log (every commit with --durability full; checkpoints not counted).",
-            get(&w.fsyncs),
-        );
-        t.single(
-            "stampede_writer_stored_messages_total",
-            "counter",
-            "Messages committed to the database.",
-            get(&w.messages),
-        );
-        t.single(
-            "stampede_writer_failed_messages_total",
-            "counter",
-            "Messages the database refused (their publishers got an ERROR).",
-            get(&w.failed_messages),
-        );
+        for (name, help, v) in [
+            (
+                "stampede_writer_commits_total",
+                "Batches of messages committed by the writer.",
+                &w.batches,
+            ),
+            (
+                "stampede_writer_fsyncs_total",
+                "Commits that fsynced the write-ahead log (every commit with --durability full; checkpoints not counted).",
+                &w.fsyncs,
+            ),
+            (
+                "stampede_writer_stored_messages_total",
+                "Messages committed to the database.",
+                &w.messages,
+            ),
+            (
+                "stampede_writer_failed_messages_total",
+                "Messages the database refused (their publishers got an ERROR).",
+                &w.failed_messages,
+            ),
+        ] {
+            t.single(name, "counter", help, get(v));
+        }
         t.family(
             "stampede_writer_batch_messages",
             "histogram",
@@ -272,7 +272,7 @@ fn process(t: &mut Text, s: &Sources, started: f64) {
         "process_max_fds",
         "gauge",
         "Maximum number of open file descriptors (soft RLIMIT_NOFILE).",
-        max_fds() as f64,
+        crate::config::nofile_limit() as f64,
     );
     t.single(
         "process_start_time_seconds",
@@ -327,17 +327,4 @@ fn page_size() -> u64 {
 fn statm_resident() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/statm").ok()?;
     text.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn max_fds() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        rl.rlim_cur
-    } else {
-        0
-    }
 }
