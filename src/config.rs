@@ -253,6 +253,14 @@ settings! {
     /// set, `--listen` no longer serves `/metrics` and `/status`. `off`:
     /// everything on `--listen`.
     metrics_listen: Listen = Listen::Off, env "STAMPEDE_METRICS_LISTEN", default_help "off";
+    /// PEM certificate chain (leaf first) for TLS on `--listen` (`wss://`,
+    /// `https://`) and `--stomp-listen` (STOMP over TLS); needs `--tls-key`.
+    /// TLS 1.3 and 1.2 only, modern suites. SIGHUP re-reads both files:
+    /// new connections get the new certificate, open sessions go on.
+    /// `--metrics-listen` stays plain. Unset: no TLS.
+    tls_cert: PathBuf = PathBuf::new(), env "STAMPEDE_TLS_CERT", default_help "(unset: plain TCP)";
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    tls_key: PathBuf = PathBuf::new(), env "STAMPEDE_TLS_KEY", default_help "(unset)";
     /// Number of shards (one pinned executor each). More shards than cores is
     /// allowed: they are pinned round-robin. 0 means one per core.
     shards: usize = 0, env "STAMPEDE_SHARDS", default_help "0 = number of cores";

@@ -16,6 +16,8 @@
 //!      `--check-capacity`.
 //!    - `metrics` — per-shard counters (thread-local, unshared), histograms,
 //!      readiness, and the Prometheus text format.
+//!    - `tls`    — `--tls-cert`/`--tls-key` read into a rustls configuration
+//!      (the per-connection session lives in `conn`).
 //! 2. Message types, and who a client is:
 //!    - `message` — `Draft` → `Sequenced` → `Encoded`; `Confirm`, `ReplayFrom`, `AckMode`.
 //!    - `room`    — room names, the room hash and `owner_of`.
@@ -65,4 +67,5 @@ mod session;
 mod shard;
 pub mod stomp;
 pub mod store;
+pub mod tls;
 pub mod ws;

@@ -13,6 +13,7 @@ use stampede::capacity;
 use stampede::config;
 use stampede::out::CLOSE_FLUSH_TIMEOUT;
 use stampede::server::{Listeners, Running, StartError, Step, start};
+use stampede::tls;
 use tracing::{error, info, warn};
 
 #[global_allocator]
@@ -151,6 +152,13 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
 
+    let tls = match tls::from_paths(&cfg.tls_cert, &cfg.tls_key) {
+        Ok(t) => t,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     let listeners = match Listeners::bind(&cfg) {
         Ok(l) => l,
         Err(e) => {
@@ -165,12 +173,13 @@ fn main() -> ExitCode {
     info!(
         shards = cfg.shards,
         max_connections = cfg.max_connections,
+        tls = tls.is_some(),
         "listening: http+ws on {} (STOMP at /ws), stomp on {stomp}",
         listeners.http_addr
     );
     let http_addr = listeners.http_addr;
     let metrics_addr = listeners.metrics_addr;
-    let running = match start(&cfg, listeners) {
+    let running = match start(&cfg, listeners, tls) {
         Ok(h) => h,
         Err(e @ StartError::Stalled) => restart_after_stall(&e),
         Err(e) => {
@@ -192,6 +201,7 @@ fn main() -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -199,12 +209,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            reload_tls(&cfg, &running);
+            continue;
+        }
         info!(signal = sig, "shutting down");
+        break;
     }
     // A second signal while draining: stop at once.
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals
+            .forever()
+            .any(|sig| sig != signal_hook::consts::SIGHUP)
+        {
             error!("second signal: exiting without finishing the shutdown");
             std::process::exit(1);
         }
@@ -212,6 +230,20 @@ fn main() -> ExitCode {
     shutdown(&running);
     drop(lock);
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: read `--tls-cert` and `--tls-key` again and use them for new
+/// connections. A file that cannot be used is logged and the current
+/// certificate stays: a bad reload never takes the server down.
+fn reload_tls(cfg: &config::Config, running: &Running) {
+    match tls::from_paths(&cfg.tls_cert, &cfg.tls_key) {
+        Ok(Some(config)) => {
+            running.reload_tls(config);
+            info!(cert = %cfg.tls_cert.display(), "SIGHUP: TLS certificate reloaded");
+        }
+        Ok(None) => info!("SIGHUP: no TLS configured (--tls-cert), nothing to reload"),
+        Err(e) => error!("SIGHUP: TLS reload failed, keeping the current certificate: {e}"),
+    }
 }
 
 /// How long the shutdown waits for the final WAL checkpoint.

@@ -236,6 +236,14 @@ impl Running {
         rx
     }
 
+    /// Use `config` for TLS connections accepted from now on (SIGHUP);
+    /// open sessions keep theirs.
+    pub fn reload_tls(&self, config: Arc<rustls::ServerConfig>) {
+        for s in self.shards.iter() {
+            s.send(External::Tls(config.clone()));
+        }
+    }
+
     /// Run `job` on the writer's thread after everything queued before it
     /// is committed; `false` without a store (or if the writer is gone).
     pub fn after_commits(&self, job: writer::AfterJob) -> bool {
@@ -398,7 +406,11 @@ fn start_push(
 }
 
 /// Start every shard; returns once every shard accepts.
-pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> {
+pub fn start(
+    cfg: &Config,
+    listeners: Listeners,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Running, StartError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
     let cores: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
@@ -478,6 +490,7 @@ pub fn start(cfg: &Config, listeners: Listeners) -> Result<Running, StartError> 
             push: push_stats.clone(),
             ready: ready.clone(),
             scrape: scrape_tx.clone(),
+            tls: tls.clone(),
         };
         let listeners = ShardListeners {
             http,

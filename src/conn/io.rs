@@ -50,8 +50,17 @@ pub(super) fn poll(c: &mut Conn, cx: &mut Context<'_>) -> Poll<Ev> {
     let Some(sock) = &mut c.sock else {
         return Poll::Ready(Ev::Done);
     };
-    if c.out.is_write_blocked() || (c.out.is_closing() && c.out.pending_len() > 0) {
-        while c.out.pending_len() > 0 {
+    if c.out.is_write_blocked()
+        || sock.has_backlog()
+        || (c.out.is_closing() && c.out.pending_len() > 0)
+    {
+        // TLS records already made go first (none on a plain socket).
+        let writable = match sock.poll_drain(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(_)) => return Poll::Ready(Ev::Done),
+            Poll::Pending => false,
+        };
+        while writable && c.out.pending_len() > 0 {
             match sock.poll_write(cx, c.out.pending()) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ev::Done),
                 Poll::Ready(Ok(n)) => {
@@ -64,7 +73,7 @@ pub(super) fn poll(c: &mut Conn, cx: &mut Context<'_>) -> Poll<Ev> {
     }
     if c.out.is_closing() {
         // The sweeper aborts at the close deadline if this never finishes.
-        if c.out.pending_len() > 0 {
+        if c.out.pending_len() > 0 || sock.has_backlog() {
             return Poll::Pending;
         }
         // Everything is sent. Closing a socket with unread input makes the

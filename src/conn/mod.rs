@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 pub(crate) use io::{READ_PAUSE_OUTBOUND, SCRATCH_SIZE, with_scratch};
-pub(crate) use sock::Sock;
+pub(crate) use sock::{Sock, TlsSession};
 
 use crate::out::Out;
 use crate::rate::{Gcra, RateLimit};
@@ -288,8 +288,8 @@ impl Conn {
     }
 
     /// The socket, to hand the connection to another shard.
-    pub fn sock(&self) -> Option<&Sock> {
-        self.sock.as_ref()
+    pub fn sock_mut(&mut self) -> Option<&mut Sock> {
+        self.sock.as_mut()
     }
 
     /// Send what is queued with one `send`, straight from the shard's
@@ -298,7 +298,9 @@ impl Conn {
     /// something to do (blocked output, closing, aborted). Returns the
     /// bytes sent (the shard counts them once per flush).
     pub fn flush(&mut self) -> usize {
-        let Some(sock) = &self.sock else { return 0 };
+        let Some(sock) = &mut self.sock else {
+            return 0;
+        };
         let mut sent = 0;
         if !self.out.is_write_blocked() && self.out.pending_len() > 0 {
             match sock.send_now(self.out.pending()) {
@@ -316,7 +318,11 @@ impl Conn {
                 self.out.set_write_blocked();
             }
         }
-        if self.out.is_write_blocked() || self.out.is_closing() || self.out.is_aborted() {
+        if self.out.is_write_blocked()
+            || sock.has_backlog()
+            || self.out.is_closing()
+            || self.out.is_aborted()
+        {
             self.wake();
         }
         sent

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::Shard;
 use super::conns::Conns;
-use crate::conn::{Phase, Sock};
+use crate::conn::{Phase, Sock, TlsSession};
 use crate::http;
 use crate::metrics::{Listener, Refused, Transport};
 use crate::out::CLOSE_FLUSH_TIMEOUT;
@@ -149,7 +149,17 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, listener: Listene
         };
         match accepted {
             Ok(stream) => {
-                let sock = Sock::new(stream);
+                let tls = match listener {
+                    Listener::Http | Listener::Stomp => shard.tls.borrow().clone(),
+                    Listener::Metrics => None,
+                };
+                let sock = match tls.map(|c| TlsSession::accept(&c)).transpose() {
+                    Ok(tls) => Sock::with_tls(stream, tls),
+                    Err(e) => {
+                        warn!(shard = shard.id, "TLS session: {e}");
+                        continue;
+                    }
+                };
                 if shard.conns.count() >= max {
                     crate::metrics::local(|m| m.refused(transport, Refused::Full));
                     sock.refuse(&full);

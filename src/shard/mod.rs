@@ -135,6 +135,8 @@ pub(crate) struct ShardSetup {
     pub ready: Arc<Readiness>,
     /// The scrape thread's queue (`GET /metrics`).
     pub scrape: crossbeam_channel::Sender<ScrapeReq>,
+    /// TLS for `--listen` and `--stomp-listen` (`--tls-cert`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub(crate) struct Shard {
@@ -171,6 +173,9 @@ pub(crate) struct Shard {
     ready: Arc<Readiness>,
     /// The scrape thread's queue (`GET /metrics`).
     scrape: crossbeam_channel::Sender<ScrapeReq>,
+    /// TLS for connections accepted on `--listen` and `--stomp-listen`,
+    /// with this shard's own session cache; replaced on SIGHUP.
+    tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl Shard {
@@ -184,6 +189,7 @@ impl Shard {
             push,
             ready,
             scrape,
+            tls,
         } = setup;
         let id = mesh.id;
         let nshards = cfg.shards;
@@ -235,6 +241,7 @@ impl Shard {
             inbox,
             ready,
             scrape,
+            tls: RefCell::new(tls.as_deref().map(crate::tls::for_shard)),
             cfg,
         }
     }
@@ -954,10 +961,11 @@ impl Shard {
             ShardMsg::Quiesce => self.life.peer_quiesced(),
             ShardMsg::Adopt {
                 fd,
+                tls,
                 inbound,
                 outbound,
             } => {
-                let sock = Sock::adopt(fd);
+                let sock = Sock::adopt(fd, tls);
                 if self.life.stopping() {
                     return; // shutting down: dropping the socket closes it
                 }
@@ -1018,6 +1026,9 @@ impl Shard {
             }
             External::Scrape { reply } => {
                 let _ = reply.try_send(self.snapshot());
+            }
+            External::Tls(config) => {
+                *self.tls.borrow_mut() = Some(crate::tls::for_shard(&config));
             }
             External::Stop { flushed } => self.stop(flushed),
             External::Close { closed } => lifecycle::close_all(self, closed),

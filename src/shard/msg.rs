@@ -181,6 +181,8 @@ pub(crate) enum ShardMsg {
     Adopt {
         /// Owned: closed if the message is dropped undelivered (shutdown).
         fd: OwnedFd,
+        /// Its TLS session (`--tls-cert`), mid-stream.
+        tls: Option<crate::conn::TlsSession>,
         inbound: Vec<u8>,
         outbound: Vec<u8>,
     },
@@ -277,6 +279,8 @@ pub(crate) enum External {
     Scrape {
         reply: Sender<crate::metrics::ShardSnapshot>,
     },
+    /// A new TLS configuration (SIGHUP): for connections accepted from now.
+    Tls(Arc<rustls::ServerConfig>),
     /// Graceful shutdown, first step: stop accepting and reading, hand
     /// everything to the writer, then report the shard's id once all of it
     /// is committed.

@@ -257,7 +257,7 @@ impl Shard {
                 };
                 // Move the upgraded connection to its room's owner: a dup
                 // of the fd goes there, ours closes when the task ends.
-                let Some(sock) = c.sock() else {
+                let Some(sock) = c.sock_mut() else {
                     return Next::Moved;
                 };
                 match sock.dup_fd() {
@@ -265,6 +265,10 @@ impl Shard {
                         owner,
                         ShardMsg::Adopt {
                             fd,
+                            // The TLS session goes along: records the
+                            // socket has not taken yet and bytes it has
+                            // decrypted but we have not read are in it.
+                            tls: sock.take_tls(),
                             inbound: rest,
                             outbound: answer,
                         },

@@ -13,6 +13,7 @@ itself is never unescaped).
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 import uuid
@@ -528,7 +529,8 @@ class StompClient:
 class TcpStomp(StompClient):
     transport = "tcp"
 
-    def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, rcvbuf: Optional[int] = None):
+    def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, rcvbuf: Optional[int] = None,
+                 ssl_context=None, server_hostname: Optional[str] = None):
         super().__init__()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
@@ -536,6 +538,8 @@ class TcpStomp(StompClient):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(timeout)
         self.sock.connect((host, port))
+        if ssl_context is not None:  # STOMP over TLS
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname=server_hostname or host)
 
     def _send_bytes(self, data: bytes):
         self.sock.sendall(data)
@@ -548,7 +552,7 @@ class TcpStomp(StompClient):
             data = self.sock.recv(65536)
         except socket.timeout:
             raise Timeout("recv timed out") from None
-        except (ConnectionResetError, BrokenPipeError) as e:
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError) as e:
             self.closed = True
             raise ConnectionClosed(f"connection reset: {e}") from None
         if not data:
