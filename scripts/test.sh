@@ -10,7 +10,7 @@ root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "installing test dependencies (apt, pip, npm)"
+step "installing test dependencies (apt, cargo, pip, npm)"
 # The load generator's report draws its plots with DejaVu Sans.
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core >/dev/null 2>&1 \
@@ -40,6 +40,8 @@ for tool in shellcheck:shellcheck nginx:nginx; do
       || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tool#*:}" >/dev/null; }
   fi
 done
+# The Debian package (tests/python/test_package.py) is built with cargo-deb.
+cargo install --quiet --locked cargo-deb --version 3.8.0
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
@@ -65,6 +67,12 @@ step "building the server and the load generator"
 cargo build --release --workspace
 export STAMPEDE_BIN="$root/target/release/stampede"
 export STAMPEDE_BENCH_BIN="$root/target/release/stampede-bench"
+
+step "building the Debian package (cargo deb)"
+rm -f target/debian/stampede_*.deb
+cargo deb --no-build
+STAMPEDE_DEB=$(ls "$root"/target/debian/stampede_*.deb)
+export STAMPEDE_DEB STAMPEDE_REQUIRE_DEB=1
 
 step "black-box tests (Python: raw frames, WebSocket, stomp.py, shards)"
 python3 -m pytest -q -n 4 tests/python

@@ -39,7 +39,8 @@ def test_every_shell_script_is_shellcheck_clean():
     assert shellcheck, "shellcheck not found (Debian package shellcheck; scripts/test.sh installs it)"
     scripts = sorted(str(p) for p in [*TUNING.glob("*.sh"), *(REPO / "scripts").glob("*.sh"),
                                       REPO / "fuzz" / "run.sh",
-                                      REPO / ".ci" / "run"])
+                                      REPO / ".ci" / "run",
+                                      *(REPO / "debian").glob("post*")])
     assert len(scripts) >= 8, scripts
     r = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -158,13 +159,13 @@ def test_the_systemd_unit_verifies(tmp_path):
         pytest.skip("systemd-analyze is not on this machine (the issue asks for it where available)")
     from conftest import stampede_bin
     text = (TUNING / "stampede.service").read_text()
-    assert "ExecStart=/usr/local/bin/stampede " in text
+    assert "ExecStart=/usr/bin/stampede " in text
     for key in ("LimitNOFILE=", "LimitMEMLOCK=", "Restart=on-failure", "TimeoutStopSec=",
                 "NoNewPrivileges=true", "ProtectSystem=strict", "ReadWritePaths=/var/lib/stampede",
-                "PrivateTmp=true", "CPUAffinity="):
+                "PrivateTmp=true", "CPUAffinity=", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert key in text, key
     unit = tmp_path / "stampede.service"
-    unit.write_text(text.replace("/usr/local/bin/stampede", str(stampede_bin())))
+    unit.write_text(text.replace("/usr/bin/stampede", str(stampede_bin())))
     r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=TIMEOUT)
     ours = [line for line in (r.stdout + r.stderr).splitlines() if "stampede.service" in line]
     assert r.returncode == 0 and not ours, r.stdout + r.stderr
