@@ -7,6 +7,7 @@ opens N WebSocket sessions that each CONNECT and SUBSCRIBE to one of R rooms
 reports the server's RSS before and after and the bytes per session.
 
     scripts/idle-memory.py --sessions 10000 --rooms 100
+    scripts/idle-memory.py --sessions 10000 --rooms 100 --tls   # wss:// (trustme cert)
 
 Connections are spread over source addresses 127.0.0.2, 127.0.0.3, ... so
 no one ephemeral-port range caps them; this process must be allowed
@@ -57,6 +58,8 @@ def main():
     ap.add_argument("--rooms", type=int, default=100)
     ap.add_argument("--shards", type=int, default=0)
     ap.add_argument("--settle", type=float, default=2.0)
+    ap.add_argument("--tls", action="store_true",
+                    help="wss:// with a throw-away certificate (needs the trustme package)")
     args = ap.parse_args()
 
     binary = os.environ.get("STAMPEDE_BIN", os.path.join(ROOT, "target/release/stampede"))
@@ -65,6 +68,17 @@ def main():
            "--heartbeat-send-ms", "0", "--heartbeat-receive-ms", "0"]
     if args.shards:
         cmd += ["--shards", str(args.shards)]
+    client_tls = None
+    if args.tls:
+        import ssl
+        import trustme
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1")
+        leaf.cert_chain_pems[0].write_to_path(os.path.join(data, "cert.pem"))
+        leaf.private_key_pem.write_to_path(os.path.join(data, "key.pem"))
+        cmd += ["--tls-cert", os.path.join(data, "cert.pem"), "--tls-key", os.path.join(data, "key.pem")]
+        client_tls = ssl.create_default_context()
+        ca.configure_trust(client_tls)
     srv = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = srv.stdout.readline()
@@ -83,6 +97,8 @@ def main():
                 # bind(port 0) is slow with many sockets, so only here.)
                 s.bind((f"127.0.0.{1 + i // 20000}", 0))
             s.connect(("127.0.0.1", port))
+            if client_tls is not None:
+                s = client_tls.wrap_socket(s, server_hostname="127.0.0.1")
             room = f"r{i % args.rooms}"
             key = base64.b64encode(os.urandom(16)).decode()
             req = (f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -100,9 +116,12 @@ def main():
                 for key_, _ in sel.select(timeout=5):
                     buf = key_.data
                     try:
-                        chunk = key_.fileobj.recv(4096)
-                    except BlockingIOError:
-                        continue
+                        chunk = key_.fileobj.recv(65536)
+                    except (BlockingIOError, OSError) as e:
+                        if isinstance(e, BlockingIOError) or "WANT_READ" in str(e) \
+                                or type(e).__name__ == "SSLWantReadError":
+                            continue
+                        raise
                     if not chunk:
                         raise SystemExit("server closed a session")
                     buf += chunk
@@ -113,7 +132,7 @@ def main():
         time.sleep(args.settle)
         after = rss_kib(srv.pid)
         per = (after - before) * 1024 / args.sessions
-        print(f"sessions={args.sessions} rooms={args.rooms} opened+subscribed in {took:.1f}s; "
+        print(f"{'wss' if args.tls else 'ws'} sessions={args.sessions} rooms={args.rooms} opened+subscribed in {took:.1f}s; "
               f"server CPU {cpu_seconds(srv.pid):.2f}s, client CPU {time.process_time():.2f}s")
         print(f"server RSS before={before} KiB after={after} KiB -> {per:.0f} bytes per idle subscribed session")
         for s in socks:
