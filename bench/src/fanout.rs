@@ -290,7 +290,7 @@ async fn publish(args: &FanoutArgs, bar: &Bar) -> Result<(Vec<u64>, Vec<String>)
     for p in 0..publishers {
         let mine: Vec<usize> = (p..args.rooms).step_by(publishers).collect();
         let dests: Vec<String> = mine.iter().map(|&r| room_dest(run_id, r)).collect();
-        let mut s = ws::open(&args.endpoint.url, addr, None, limit).await?;
+        let mut s = ws::open(&args.endpoint, addr, None, limit).await?;
         ws::login(&mut s, &args.endpoint, limit).await?;
         let probe = Probe::start(member(args, &dests, addr, None).await?);
         sessions.push((mine, dests, s, probe));
@@ -484,7 +484,7 @@ async fn member(
     src: Option<std::net::IpAddr>,
 ) -> Result<RawReader, String> {
     let limit = Duration::from_secs_f64(args.step_timeout);
-    let mut s = ws::open(&args.endpoint.url, addr, src, limit).await?;
+    let mut s = ws::open(&args.endpoint, addr, src, limit).await?;
     ws::login(&mut s, &args.endpoint, limit).await?;
     let receipt = if args.no_subscribe_receipt {
         ""

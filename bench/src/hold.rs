@@ -70,7 +70,7 @@ async fn open_session(
     src: Option<std::net::IpAddr>,
     limit: Duration,
 ) -> Result<Ws, String> {
-    let mut s = ws::open(&args.endpoint.url, addr, src, limit).await?;
+    let mut s = ws::open(&args.endpoint, addr, src, limit).await?;
     ws::login(&mut s, &args.endpoint, limit).await?;
     let sub = format!(
         "SUBSCRIBE\nid:sub-0\ndestination:/topic/room-{}\n\n\0",

@@ -76,6 +76,18 @@ pub struct StormArgs {
 
 fn main() {
     let cli = Cli::parse();
+    let endpoint = match &cli.scenario {
+        Scenario::Storm(a) => Some(&a.endpoint),
+        Scenario::Hold(a) => Some(&a.endpoint),
+        Scenario::Fanout(a) => Some(&a.endpoint),
+        Scenario::Send(a) => Some(&a.endpoint),
+        Scenario::Report(_) => None,
+    };
+    // A bad URL or --ca-cert fails here, once, not once per connection.
+    if let Some(Err(e)) = endpoint.map(ws::Endpoint::check) {
+        eprintln!("{e}");
+        std::process::exit(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

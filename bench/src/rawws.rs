@@ -14,12 +14,21 @@
 //! brought its last byte: the kernel's side of its latency ends there; what
 //! follows (the reader task's wake-up, scheduling, parsing) is the
 //! client's own share. One timestamp per read, none per message.
+//!
+//! Over `wss://` the reader reads the TLS stream (decrypted by rustls)
+//! into the same buffer instead: no kernel timestamps (the bytes the
+//! kernel stamps are TLS records, not the messages), so only the total
+//! latency is measured; and pings are not answered (there is no way to
+//! write without awaiting; the servers do not ping sessions that asked
+//! for heart-beats 0,0). [`RawReader::split`] is plain TCP only.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
+
+use crate::ws::Stream;
 
 /// Now in ns since the epoch on CLOCK_REALTIME: the clock of the send
 /// times in the bodies and of the kernel's `SO_TIMESTAMPNS` stamps.
@@ -47,7 +56,7 @@ pub fn split_us(sent_ns: u64, rx_ns: u64, parsed_ns: u64) -> (u64, Option<(u64, 
 }
 
 pub struct RawReader {
-    stream: Arc<TcpStream>,
+    source: Source,
     /// Where pongs go when a [`RawWriter`] shares the socket (it sends
     /// them before its next frame, so they never cut into one of its
     /// frames); `None`: the reader answers pings itself.
@@ -64,6 +73,14 @@ pub struct RawReader {
     last: Last,
 }
 
+/// Where the bytes come from.
+enum Source {
+    /// `ws://`: `recvmsg` with kernel timestamps; shared with a [`RawWriter`].
+    Plain(Arc<TcpStream>),
+    /// `wss://`: reads through rustls; no timestamps.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 enum Last {
     None,
     Buf(usize, usize),
@@ -75,10 +92,18 @@ const BUF: usize = 64 * 1024;
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 impl RawReader {
-    pub fn new(stream: TcpStream) -> RawReader {
-        enable_rx_timestamps(stream.as_raw_fd());
+    /// A reader of a session's stream, set up and with nothing buffered
+    /// above it (tungstenite's `into_inner` once the set-up is answered).
+    pub fn new(stream: impl Into<Stream>) -> RawReader {
+        let source = match stream.into() {
+            Stream::Plain(s) => {
+                enable_rx_timestamps(s.as_raw_fd());
+                Source::Plain(Arc::new(s))
+            }
+            Stream::Tls(s) => Source::Tls(s),
+        };
         RawReader {
-            stream: Arc::new(stream),
+            source,
             pongs: None,
             buf: vec![0; BUF],
             start: 0,
@@ -89,21 +114,35 @@ impl RawReader {
         }
     }
 
-    /// A reader and a writer sharing one socket (the `send` publishers).
-    pub fn split(stream: TcpStream) -> (RawReader, RawWriter) {
+    /// A reader and a writer sharing one socket (the `send` publishers);
+    /// plain TCP only: refused for a TLS stream.
+    pub fn split(stream: impl Into<Stream>) -> std::io::Result<(RawReader, RawWriter)> {
+        let stream = match stream.into() {
+            Stream::Plain(s) => s,
+            Stream::Tls(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    SPLIT_TLS,
+                ));
+            }
+        };
         let mut r = RawReader::new(stream);
+        let Source::Plain(shared) = &r.source else {
+            unreachable!("a plain stream makes a plain reader");
+        };
         let pongs = Arc::new(Mutex::new(Vec::new()));
-        r.pongs = Some(pongs.clone());
         let w = RawWriter {
-            stream: r.stream.clone(),
-            pongs,
+            stream: shared.clone(),
+            pongs: pongs.clone(),
             buf: Vec::new(),
         };
-        (r, w)
+        r.pongs = Some(pongs);
+        Ok((r, w))
     }
 
     /// The next data message's payload; `None` when the peer closed.
-    /// Pings are answered; pongs skipped.
+    /// Pings are answered (not over TLS: see the module's doc); pongs
+    /// skipped.
     pub async fn next(&mut self) -> std::io::Result<Option<&[u8]>> {
         Ok(self.next_stamped().await?.map(|(m, _)| m))
     }
@@ -148,17 +187,19 @@ impl RawReader {
         }
     }
 
-    /// One `recvmsg` into the free end of the buffer, when the socket is
-    /// readable: bytes read and their kernel timestamp.
+    /// One read into the free end of the buffer: bytes read and, on
+    /// plain TCP (a `recvmsg`, when the socket is readable), their kernel
+    /// timestamp.
     async fn read(&mut self) -> std::io::Result<(usize, Option<u64>)> {
-        let fd = self.stream.as_raw_fd();
         let free = &mut self.buf[self.end..];
+        let stream = match &mut self.source {
+            Source::Plain(s) => s,
+            Source::Tls(s) => return Ok((s.read(free).await?, None)),
+        };
+        let fd = stream.as_raw_fd();
         loop {
-            self.stream.readable().await?;
-            match self
-                .stream
-                .try_io(Interest::READABLE, || recv_stamped(fd, free))
-            {
+            stream.readable().await?;
+            match stream.try_io(Interest::READABLE, || recv_stamped(fd, free)) {
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -192,21 +233,23 @@ impl RawReader {
                     // Pong with the same payload, masked with a zero key.
                     let payload = &self.buf[a..b];
                     let payload = &payload[..payload.len().min(125)];
-                    match &self.pongs {
-                        Some(pongs) => {
+                    match (&self.pongs, &self.source) {
+                        (Some(pongs), _) => {
                             let mut out = pongs.lock().expect("pongs");
                             if out.len() < 4096 {
                                 client_frame(0xA, payload, &mut out);
                             }
                         }
-                        None => {
+                        // Not answered over TLS (see the module's doc).
+                        (None, Source::Tls(_)) => {}
+                        (None, Source::Plain(stream)) => {
                             let mut f = Vec::with_capacity(payload.len() + 6);
                             client_frame(0xA, payload, &mut f);
                             // Best effort without awaiting: a pong that does
                             // not fit the socket buffer is dropped (the peer
                             // pings again); a broken socket shows on the
                             // next read. Nothing else writes this socket.
-                            let _ = self.stream.try_write(&f);
+                            let _ = stream.try_write(&f);
                         }
                     }
                 }
@@ -232,6 +275,9 @@ impl RawReader {
         }
     }
 }
+
+/// Why [`RawReader::split`] refuses a TLS stream.
+pub const SPLIT_TLS: &str = "the send scenario does not support wss:// yet";
 
 /// The writing side of [`RawReader::split`]: text frames, masked with a
 /// zero key (the payload goes out as is), and the reader's pongs.
@@ -550,7 +596,7 @@ mod tests {
             (got, more)
         });
         let (mut r, mut w) =
-            super::RawReader::split(tokio::net::TcpStream::connect(addr).await.unwrap());
+            super::RawReader::split(tokio::net::TcpStream::connect(addr).await.unwrap()).unwrap();
         w.send_text(b"hi").await.unwrap();
         w.send_text(&[b'z'; 200]).await.unwrap();
         let (m, rx) = r.next_stamped().await.unwrap().unwrap();

@@ -85,12 +85,15 @@ pub async fn run(args: SendArgs) -> i32 {
 }
 
 async fn main(args: &SendArgs) -> Result<i32, String> {
+    if args.endpoint.is_tls() {
+        return Err(crate::rawws::SPLIT_TLS.into());
+    }
     let limit = Duration::from_secs_f64(args.step_timeout);
     let (addr, src) = ws::resolve(&args.endpoint.url, 0)?;
     let run = std::process::id();
     let mut sessions = Vec::new();
     for _ in 0..args.publishers.max(1) {
-        let mut s = ws::open(&args.endpoint.url, addr, src, limit).await?;
+        let mut s = ws::open(&args.endpoint, addr, src, limit).await?;
         ws::login(&mut s, &args.endpoint, limit).await?;
         sessions.push(s);
     }
@@ -190,7 +193,15 @@ async fn publisher(
 ) -> Outcome {
     // Nothing is buffered in tungstenite after CONNECTED: the socket moves
     // to the raw reader (kernel receive timestamps) and writer.
-    let (mut rx, mut tx) = RawReader::split(s.into_inner());
+    let (mut rx, mut tx) = match RawReader::split(s.into_inner()) {
+        Ok(x) => x,
+        Err(e) => {
+            // TLS (refused before the run already).
+            let mut o = Outcome::new();
+            o.errors.insert(e.to_string(), 1);
+            return o;
+        }
+    };
     let window = Arc::new(Semaphore::new(args.window.max(1)));
     // Receipt id -> send time (ns, CLOCK_REALTIME, as the kernel stamps).
     let pending: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();

@@ -91,7 +91,7 @@ async fn flow(
         };
 
     // ws_open: TCP connect + WebSocket upgrade.
-    let opened = crate::ws::open(&args.endpoint.url, addr, src, limit).await;
+    let opened = crate::ws::open(&args.endpoint, addr, src, limit).await;
     let mut ws = match opened {
         Ok(ws) => {
             record(steps, "ws_open", Ok(()))?;
