@@ -153,6 +153,89 @@ def test_nginx_conf_passes_nginx_t(tmp_path):
     assert "test is successful" in r.stderr, r.stderr
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chat_through_nginx_with_tuning_nginx_conf(server_factory, tmp_path, room):
+    """tuning/nginx.conf in front of stampede (only its addresses, paths and
+    sizes changed for a test): a client through nginx's TLS and a direct
+    client chat both ways; the API passes, /metrics and /status do not."""
+    import signal
+    import ssl
+    import time
+    import urllib.error
+    import urllib.request
+
+    import trustme
+
+    from stampede_client import WsStomp
+
+    srv = server_factory()
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    crt, key, ca_pem = tmp_path / "chat.pem", tmp_path / "chat.key", tmp_path / "ca.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(crt))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    port = free_port()
+    text = (TUNING / "nginx.conf").read_text()
+    for old, new in (("/etc/ssl/chat.pem", str(crt)), ("/etc/ssl/chat.key", str(key)),
+                     ("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;"),
+                     ("server 127.0.0.1:8080;", f"server 127.0.0.1:{srv.http_port};"),
+                     # sizes for a test machine, not a million users
+                     ("worker_processes auto;", "worker_processes 1;"),
+                     ("worker_rlimit_nofile 1048576;", "worker_rlimit_nofile 4096;"),
+                     ("worker_connections 262144;", "worker_connections 1024;")):
+        assert old in text, old
+        text = text.replace(old, new)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text)
+    (tmp_path / "logs").mkdir()
+    nginx = subprocess.Popen([nginx_bin(), "-c", str(conf), "-p", str(tmp_path), "-g",
+                              f"daemon off; error_log {tmp_path}/logs/error.log; pid {tmp_path}/nginx.pid;"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca_pem))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=5) as r:
+                    assert r.status == 200
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert nginx.poll() is None, nginx.stderr.read().decode()
+                assert time.monotonic() < deadline, "nginx did not come up"
+                time.sleep(0.1)
+        for path in ("/metrics", "/status"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx, timeout=5)
+            assert e.value.code == 403, path
+
+        proxied = WsStomp(f"wss://127.0.0.1:{port}/ws", sslopt={"ca_certs": str(ca_pem)})
+        srv.clients.append(proxied)
+        direct = srv.ws()
+        proxied.connect(login="alice")
+        direct.connect(login="bob")
+        proxied.subscribe(f"/topic/{room}")
+        direct.subscribe(f"/topic/{room}")
+        proxied.send(f"/topic/{room}", "through nginx", receipt=True)
+        direct.send(f"/topic/{room}", "straight in", receipt=True)
+        for c in (proxied, direct):
+            got = [m.body for m in c.messages(2)]
+            assert got == [b"through nginx", b"straight in"], got
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        try:
+            nginx.wait(10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+            nginx.wait(5)
+
+
 def test_the_systemd_unit_verifies(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
