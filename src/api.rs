@@ -197,6 +197,9 @@ pub(crate) enum Answer {
     },
     /// With the metrics of every shard (the scrape thread gathers them).
     Metrics,
+    /// By the room's owner shard, which knows who has a live subscription:
+    /// the room's online users, for `user` (a member) or the admin (`None`).
+    Online { room: String, user: Option<Box<str>> },
 }
 
 /// What the API needs from the server.
@@ -228,6 +231,26 @@ pub(crate) enum Served {
     Public,
     /// `--metrics-listen`: `/metrics`, `/status`, `/readyz`, `/healthz` only.
     Metrics,
+}
+
+/// The chat page (`GET /`), from the binary; `__STAMPEDE_CONFIG__` is
+/// replaced with what the page must know of the server.
+const CHAT_PAGE: &str = include_str!("chat.html");
+
+/// Rooms listed per user (`GET /api/users/{user}/rooms`), newest first.
+pub(crate) const MAX_USER_ROOMS_LISTED: usize = 500;
+/// Online users listed per room (`GET /api/rooms/{room}/online`).
+pub(crate) const MAX_ONLINE_LISTED: usize = 1000;
+
+/// The chat page with the server's settings it needs: how a user signs in
+/// (`auth`) and whether there is history (`history`).
+fn chat_page(ctx: &ApiCtx<'_>) -> Vec<u8> {
+    let config = json!({
+        "auth": if ctx.auth.is_jwt() { "jwt" } else { "none" },
+        "history": ctx.store,
+    })
+    .to_string();
+    http::page(&CHAT_PAGE.replace("__STAMPEDE_CONFIG__", &config))
 }
 
 /// The live status page (`GET /status`), from the binary.
@@ -401,6 +424,7 @@ pub(crate) fn route(
         ),
         "/metrics" => return Answer::Metrics,
         "/status" => http::page(STATUS_PAGE),
+        "/" | "/index.html" if method == "GET" => chat_page(ctx),
         "/ws" => http::text(
             Status::UpgradeRequired,
             "/ws is a STOMP-over-WebSocket endpoint; connect with a WebSocket client",
@@ -475,6 +499,38 @@ fn api(
                 }
             })))
         }
+        ["rooms", room, "online"] => {
+            method_is(method, &["GET"])?;
+            let room = room_segment(room)?;
+            let user = Caller::of(authorization, ctx)?.admin_or_member()?;
+            if !ctx.store {
+                return Err(no_store()); // presence is tracked with members
+            }
+            Ok(Answer::Online { room, user })
+        }
+        ["users", user, "rooms"] => {
+            method_is(method, &["GET"])?;
+            let user = user_segment(user)?;
+            Caller::of(authorization, ctx)?.admin_or(&user)?;
+            if !ctx.store {
+                return Err(no_store());
+            }
+            Ok(Answer::Read(Box::new(move |db| {
+                match members::list_user_rooms(db, &user, MAX_USER_ROOMS_LISTED) {
+                    Ok(list) => {
+                        let rooms: Vec<Value> = list
+                            .into_iter()
+                            .map(|r| {
+                                json!({"room": r.room, "last_seq": r.last_seq,
+                                       "last_timestamp": r.last_ts_ms})
+                            })
+                            .collect();
+                        http::json(Status::Ok, &json!({"user": user, "rooms": rooms}))
+                    }
+                    Err(e) => store_failed(e),
+                }
+            })))
+        }
         ["rooms", room, "members", user] => {
             method_is(method, &["PUT", "DELETE"])?;
             let room = room_segment(room)?;
@@ -540,7 +596,7 @@ fn api(
         _ => Err(error(
             Status::NotFound,
             format!(
-                "no such resource {path}; see /api/rooms/{{room}}/messages, /api/rooms/{{room}}/members[/{{user}}], /api/users/{{user}}/devices[/{{token}}]"
+                "no such resource {path}; see /api/rooms/{{room}}/messages, /api/rooms/{{room}}/members[/{{user}}], /api/rooms/{{room}}/online, /api/users/{{user}}/rooms, /api/users/{{user}}/devices[/{{token}}]"
             ),
         )),
     }
@@ -723,5 +779,23 @@ mod tests {
         assert_eq!(v["base64"], true);
         assert_eq!(v["message_id"], "r:3");
         assert_eq!(v["headers"]["k"], "v");
+    }
+}
+
+/// The answer to `GET /api/rooms/{room}/online`, from the room's owner:
+/// `online` (users with a live subscription, sorted, at most
+/// [`MAX_ONLINE_LISTED`]) or `None` when the caller is not a member.
+pub(crate) fn online_answer(room: &str, online: Option<Vec<Box<str>>>) -> Vec<u8> {
+    match online {
+        Some(mut users) => {
+            users.sort_unstable();
+            let more = users.len() > MAX_ONLINE_LISTED;
+            users.truncate(MAX_ONLINE_LISTED);
+            http::json(
+                Status::Ok,
+                &json!({"room": room, "online": users, "has_more": more}),
+            )
+        }
+        None => not_a_member(),
     }
 }

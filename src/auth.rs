@@ -102,6 +102,11 @@ impl Authenticator {
         }
     }
 
+    /// Whether clients prove who they are with a JWT (`--auth jwt`).
+    pub fn is_jwt(&self) -> bool {
+        self.jwt.is_some()
+    }
+
     /// The user an HTTP `Authorization: Bearer <credential>` proves: a
     /// token as in CONNECT under `jwt`; under `none`, the credential is the
     /// user id itself (as insecure as `login`).

@@ -301,6 +301,12 @@ impl Durable {
         })));
     }
 
+    /// Answer HTTP connection `conn` of shard `shard` (a request another
+    /// shard routed here).
+    pub fn answer_http(&self, shard: usize, conn: ConnToken, response: Vec<u8>) {
+        self.handles[shard].send(External::Http { conn, response });
+    }
+
     /// The room of an API member change could not be loaded.
     pub fn member_failed(&self, req: MemberReq, why: &str) {
         self.handles[req.shard].send(External::Http {

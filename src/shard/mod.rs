@@ -62,7 +62,7 @@ use durable::{Durable, ReplayLimits, Start};
 pub(crate) use durable::{StoreLink, WriterItem};
 use lifecycle::Lifecycle;
 use msg::{
-    External, Interest, JoinReq, Loaded, MemberReq, Owed, Refusal, ReplayReq, ScrapeReq,
+    External, Interest, JoinReq, Loaded, MemberReq, OnlineReq, Owed, Refusal, ReplayReq, ScrapeReq,
     ShardHandle, ShardMsg, Tag,
 };
 use peers::Peers;
@@ -595,6 +595,26 @@ impl Shard {
         }
     }
 
+    /// `GET /api/rooms/{room}/online`: answered by the room's owner.
+    fn online_request(&self, req: OnlineReq) {
+        let owner = owner_of(&req.room, self.nshards);
+        if owner == self.id {
+            self.online(req);
+        } else {
+            self.peers.send(owner, ShardMsg::Online(req));
+        }
+    }
+
+    /// Owner side of `GET /api/rooms/{room}/online`.
+    fn online(&self, req: OnlineReq) {
+        let online = self.rooms.borrow().online(&req.room, req.user.as_deref());
+        self.durable.answer_http(
+            req.shard,
+            req.conn,
+            crate::api::online_answer(&req.room, online),
+        );
+    }
+
     /// Owner side of `PUT|DELETE /api/rooms/{room}/members/{user}`:
     /// change the loaded members at once, end a removed member's
     /// subscriptions everywhere, store the change and answer once stored.
@@ -948,6 +968,7 @@ impl Shard {
             ShardMsg::Replay(req) => self.work.borrow_mut().push_back(Work::Replay(req)),
             ShardMsg::Join(req) => self.work.borrow_mut().push_back(Work::Join(req)),
             ShardMsg::Member(req) => self.work.borrow_mut().push_back(Work::Member(req)),
+            ShardMsg::Online(req) => self.online(req),
             ShardMsg::Joined {
                 conn,
                 sub_n,

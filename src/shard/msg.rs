@@ -110,6 +110,16 @@ pub(crate) struct MemberReq {
     pub conn: ConnToken,
 }
 
+/// `GET /api/rooms/{room}/online` from HTTP connection `conn` of shard
+/// `shard`, for `user` (`None`: the admin), to the room's owner.
+#[derive(Debug, Clone)]
+pub(crate) struct OnlineReq {
+    pub room: Box<str>,
+    pub user: Option<Box<str>>,
+    pub shard: usize,
+    pub conn: ConnToken,
+}
+
 /// A subscription asks its room's owner for a replay.
 #[derive(Debug, Clone)]
 pub(crate) struct ReplayReq {
@@ -169,6 +179,7 @@ pub(crate) enum ShardMsg {
     Evict { room: Box<str>, user: Box<str> },
     /// To a room's owner: an API call changes its members.
     Member(MemberReq),
+    Online(OnlineReq),
     /// To a room's owner: replay stored messages to a new subscription
     /// (sent after the subscription's `Interest`, so the owner knows from
     /// which seq on the live messages reach it).
@@ -235,6 +246,7 @@ impl ShardMsg {
                     room.len() + user.len()
                 }
                 ShardMsg::Member(m) => m.room.len() + m.user.len(),
+                ShardMsg::Online(o) => o.room.len() + o.user.as_ref().map_or(0, |u| u.len()),
                 ShardMsg::Quiesce => 0,
                 ShardMsg::Adopt {
                     inbound, outbound, ..

@@ -322,6 +322,22 @@ impl Rooms {
         m.loaded.then(|| m.set.contains(user))
     }
 
+    /// Who has a live subscription to `room` (the owner's view), for
+    /// `user` or the admin (`None`): `None` when `user` is neither a member
+    /// nor online there. A room not loaded here has nobody online.
+    pub fn online(&self, room: &str, user: Option<&str>) -> Option<Vec<Box<str>>> {
+        let Some(m) = self.owned.get(room).and_then(|o| o.members.as_ref()) else {
+            return Some(Vec::new());
+        };
+        if let Some(u) = user
+            && !m.online.contains_key(u)
+            && !(m.loaded && m.set.contains(u))
+        {
+            return None;
+        }
+        Some(m.online.keys().cloned().collect())
+    }
+
     /// The members of `room` with no live subscription (`None`: nobody,
     /// or not loaded). Rebuilt only after presence or membership changed.
     pub fn away(&mut self, room: &str) -> Option<Arc<[Box<str>]>> {

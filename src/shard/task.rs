@@ -16,7 +16,7 @@ use glommio::timer::Timer;
 use tracing::debug;
 
 use super::conns::ConnRef;
-use super::msg::{External, MemberReq, ScrapeReq, ShardMsg};
+use super::msg::{External, MemberReq, OnlineReq, ScrapeReq, ShardMsg};
 use super::{ConnBroker, Shard};
 use crate::api::{self, Answer, Served};
 use crate::config::Listen;
@@ -188,6 +188,15 @@ impl Shard {
                                     response,
                                 });
                             })));
+                        c.await_http_answer();
+                    }
+                    Answer::Online { room, user } => {
+                        self.online_request(OnlineReq {
+                            room: room.into(),
+                            user,
+                            shard: self.id,
+                            conn: token,
+                        });
                         c.await_http_answer();
                     }
                     Answer::Member { room, user, add } => {

@@ -163,6 +163,41 @@ pub(crate) fn list_devices(
     )
 }
 
+/// One of a user's rooms: its name and its newest stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UserRoom {
+    pub room: String,
+    /// The newest stored seq (0: none yet).
+    pub last_seq: u64,
+    /// When that message was sent (ms since the epoch; 0: none).
+    pub last_ts_ms: i64,
+}
+
+/// The rooms `user` is a member of, those with the newest message first, at
+/// most `limit`.
+pub(crate) fn list_user_rooms(
+    conn: &Connection,
+    user: &str,
+    limit: usize,
+) -> Result<Vec<UserRoom>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT m.room,
+                COALESCE((SELECT seq FROM messages WHERE room = m.room ORDER BY seq DESC LIMIT 1), 0),
+                COALESCE((SELECT ts_ms FROM messages WHERE room = m.room ORDER BY seq DESC LIMIT 1), 0)
+                  AS last_ts
+           FROM room_members AS m WHERE m.user = ?1
+          ORDER BY last_ts DESC, m.room LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![user, limit as i64], |r| {
+        Ok(UserRoom {
+            room: r.get(0)?,
+            last_seq: r.get::<_, i64>(1)? as u64,
+            last_ts_ms: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +225,32 @@ mod tests {
         assert_eq!(list_devices(&conn, "al", 10).unwrap(), ["t1"]);
         assert!(remove_device(&conn, "al", "t1").unwrap());
         assert!(list_devices(&conn, "al", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_users_rooms_newest_first_with_their_last_seq() {
+        let dir = crate::store::test_dir("user-rooms");
+        let conn = crate::store::open(&dir, Durability::Off).unwrap();
+        for room in ["quiet", "busy", "old"] {
+            add_member(&conn, room, "al", 10).unwrap();
+        }
+        add_member(&conn, "busy", "bob", 10).unwrap();
+        add_member(&conn, "elsewhere", "bob", 10).unwrap();
+        for (room, seq, ts) in [("old", 1, 100), ("busy", 1, 200), ("busy", 2, 300)] {
+            conn.execute(
+                "INSERT INTO messages (room, seq, message_id, sender, ts_ms, headers, body)
+                 VALUES (?1, ?2, 'x', 'al', ?3, '[]', x'')",
+                params![room, seq, ts],
+            )
+            .unwrap();
+        }
+        let rooms = list_user_rooms(&conn, "al", 10).unwrap();
+        let got: Vec<_> = rooms
+            .iter()
+            .map(|r| (r.room.as_str(), r.last_seq, r.last_ts_ms))
+            .collect();
+        assert_eq!(got, [("busy", 2, 300), ("old", 1, 100), ("quiet", 0, 0)]);
+        assert_eq!(list_user_rooms(&conn, "al", 1).unwrap().len(), 1);
+        assert!(list_user_rooms(&conn, "nobody", 10).unwrap().is_empty());
     }
 }

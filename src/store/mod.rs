@@ -125,6 +125,9 @@ const MIGRATIONS: &[&str] = &[
     // message that was delivered live and never stored (a crash, a full
     // disk), because a room continues after max(last_seq, reserved_seq).
     "ALTER TABLE rooms ADD COLUMN reserved_seq INTEGER NOT NULL DEFAULT 0;",
+    // 4: a user's rooms (`GET /api/users/{user}/rooms`, the chat page's
+    // room list) without scanning every membership.
+    "CREATE INDEX room_members_user ON room_members (user, room);",
 ];
 
 /// WAL pages (4 KiB) at which the writer checkpoints by itself, on its

@@ -45,6 +45,8 @@ function installExitHook() {
  * @param {string[]} [opts.args]   extra command-line flags
  * @param {number}  [opts.shards] value for --shards (default env STAMPEDE_SHARDS or 4; null = omit)
  * @param {object}  [opts.env]    extra environment variables
+ * @param {string}  [opts.listen] --listen address (default 127.0.0.1:0)
+ * @param {string}  [opts.dataDir] data directory, kept at stop (default: a fresh one, removed)
  * @param {import('node:test').TestContext} [t] if given, the server is stopped in t.after()
  * @returns {Promise<{wsUrl:string, httpHost:string, httpPort:number, stomp:string,
  *                    stderr:()=>string, stop:()=>Promise<void>, child:any, dataDir:string}>}
@@ -57,14 +59,16 @@ export async function startServer(opts = {}, t = undefined) {
   }
   installExitHook();
 
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'stampede-node-'));
+  // A data dir of the caller's is kept at stop (a restart reuses it).
+  const ownDataDir = !opts.dataDir;
+  const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'stampede-node-'));
   const shards =
     opts.shards === null
       ? null
       : String(opts.shards ?? process.env.STAMPEDE_SHARDS ?? 4);
   const args = [
     '--listen',
-    '127.0.0.1:0',
+    opts.listen ?? '127.0.0.1:0',
     '--stomp-listen',
     '127.0.0.1:0',
     ...(shards === null ? [] : ['--shards', shards]),
@@ -150,7 +154,7 @@ export async function startServer(opts = {}, t = undefined) {
     child.stdout.on('data', onData);
   }).catch(async (err) => {
     await killChild(child, exitPromise, () => exited);
-    fs.rmSync(dataDir, { recursive: true, force: true });
+    if (ownDataDir) fs.rmSync(dataDir, { recursive: true, force: true });
     throw err;
   });
 
@@ -171,7 +175,7 @@ export async function startServer(opts = {}, t = undefined) {
       if (!stopped) {
         stopped = (async () => {
           await killChild(child, exitPromise, () => exited);
-          fs.rmSync(dataDir, { recursive: true, force: true });
+          if (ownDataDir) fs.rmSync(dataDir, { recursive: true, force: true });
         })();
       }
       return stopped;
