@@ -323,15 +323,19 @@ impl Rooms {
     }
 
     /// Who has a live subscription to `room` (the owner's view), for
-    /// `user` or the admin (`None`): `None` when `user` is neither a member
-    /// nor online there. A room not loaded here has nobody online.
+    /// `user` or the admin (`None`): `None` when the members are loaded
+    /// (always so under `--join invite`) and `user` is neither one of them
+    /// nor online there. Under `--join open` anyone may become a member by
+    /// subscribing, so anyone may ask. A room not loaded here has nobody
+    /// online.
     pub fn online(&self, room: &str, user: Option<&str>) -> Option<Vec<Box<str>>> {
         let Some(m) = self.owned.get(room).and_then(|o| o.members.as_ref()) else {
             return Some(Vec::new());
         };
         if let Some(u) = user
+            && m.loaded
             && !m.online.contains_key(u)
-            && !(m.loaded && m.set.contains(u))
+            && !m.set.contains(u)
         {
             return None;
         }
