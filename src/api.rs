@@ -1,4 +1,5 @@
-//! The plain HTTP endpoints on `--listen`: `GET /healthz`, the history API
+//! The plain HTTP endpoints on `--listen`: the chat page (`GET /`),
+//! `GET /healthz`, the history API
 //! under `/api/rooms/`, `426` for `/ws` without an upgrade, `404` for
 //! everything else. [`route`] answers a request now or returns the store
 //! read that will produce the answer; the shard runs that read on the
