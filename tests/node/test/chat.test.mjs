@@ -198,6 +198,38 @@ test('chat page: reconnects after the server is killed and restarted, nothing mi
   assert.deepEqual(problems, []);
 });
 
+test('chat page: a room list with unread counts', T, async (t) => {
+  const server = await startServer({ shards: 2 }, t);
+  const browser = await launchBrowser(t);
+  const [home, other] = [uniqueRoom('home'), uniqueRoom('other')];
+  const { page, problems } = await person(browser);
+  await join(page, base(server), { name: 'judy', room: home });
+  // Join a second room from the list's form, then go back to the first.
+  await page.fill('#new-room', other);
+  await page.press('#new-room', 'Enter');
+  await page.waitForFunction((r) => document.getElementById('room-title').textContent === `#${r}`, other);
+  await say(page, 'first in other');
+  await waitShown(page, 1);
+  await page.click(`#room-list button:has-text("#${home}")`);
+  assert.deepEqual(await shown(page), []);
+  const bob = await connectClient(null, server.wsUrl, { login: 'bob' });
+  t.after(() => deactivate(bob.client));
+  for (let i = 1; i <= 3; i++) await publishConfirmed(bob.client, { destination: `/topic/${other}`, body: `unread ${i}` });
+  const badge = `#room-list button:has-text("#${other}") .badge`;
+  await page.locator(badge).filter({ hasText: /^3$/ }).waitFor();
+  assert.equal(await page.textContent(`#room-list button:has-text("#${home}") .badge`), '');
+  await page.screenshot({ path: shot('chat-unread.png') });
+  await page.click(`#room-list button:has-text("#${other}")`);
+  const rows = await waitShown(page, 4);
+  assert.deepEqual(rows.map((r) => r[2]), ['first in other', 'unread 1', 'unread 2', 'unread 3']);
+  assert.equal(await page.textContent(badge), '', 'read once shown');
+  // A new visit in the same browser lists both rooms, nothing unread.
+  await join(page, base(server), { name: 'judy', room: home });
+  await page.waitForSelector(`#room-list button:has-text("#${other}")`);
+  assert.equal(await page.textContent(badge), '');
+  assert.deepEqual(problems, []);
+});
+
 test('chat page: usable at phone width', T, async (t) => {
   const server = await startServer({}, t);
   const browser = await launchBrowser(t);
