@@ -200,7 +200,10 @@ pub(crate) enum Answer {
     Metrics,
     /// By the room's owner shard, which knows who has a live subscription:
     /// the room's online users, for `user` (a member) or the admin (`None`).
-    Online { room: String, user: Option<Box<str>> },
+    Online {
+        room: String,
+        user: Option<Box<str>>,
+    },
 }
 
 /// What the API needs from the server.
@@ -516,8 +519,8 @@ fn api(
             if !ctx.store {
                 return Err(no_store());
             }
-            Ok(Answer::Read(Box::new(move |db| {
-                match members::list_user_rooms(db, &user, MAX_USER_ROOMS_LISTED) {
+            Ok(Answer::Read(Box::new(
+                move |db| match members::list_user_rooms(db, &user, MAX_USER_ROOMS_LISTED) {
                     Ok(list) => {
                         let rooms: Vec<Value> = list
                             .into_iter()
@@ -529,8 +532,8 @@ fn api(
                         http::json(Status::Ok, &json!({"user": user, "rooms": rooms}))
                     }
                     Err(e) => store_failed(e),
-                }
-            })))
+                },
+            )))
         }
         ["rooms", room, "members", user] => {
             method_is(method, &["PUT", "DELETE"])?;

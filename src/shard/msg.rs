@@ -145,7 +145,10 @@ pub(crate) enum ShardMsg {
     /// From a room's owner: deliver to local subscribers.
     Deliver(Sequenced),
     /// Send RECEIPT `receipt` to connection `conn` of the receiving shard.
-    Receipt { conn: ConnToken, receipt: Box<str> },
+    Receipt {
+        conn: ConnToken,
+        receipt: Box<str>,
+    },
     /// A message of `conn` could not be taken: ERROR and close it.
     Refuse {
         conn: ConnToken,
@@ -173,10 +176,16 @@ pub(crate) enum ShardMsg {
         receipt: Option<Box<str>>,
     },
     /// To a room's owner: one subscription of `user` let in before has ended.
-    Leave { room: Box<str>, user: Box<str> },
+    Leave {
+        room: Box<str>,
+        user: Box<str>,
+    },
     /// From a room's owner: `user` is no longer a member: end their
     /// subscriptions to `room` here (without an ERROR).
-    Evict { room: Box<str>, user: Box<str> },
+    Evict {
+        room: Box<str>,
+        user: Box<str>,
+    },
     /// To a room's owner: an API call changes its members.
     Member(MemberReq),
     Online(OnlineReq),
