@@ -706,6 +706,24 @@ fn history(q: HistoryQuery, member: Option<Box<str>>) -> Read {
     })
 }
 
+/// The answer to `GET /api/rooms/{room}/online`, from the room's owner:
+/// `online` (users with a live subscription, sorted, at most
+/// [`MAX_ONLINE_LISTED`]) or `None` when the caller is not a member.
+pub(crate) fn online_answer(room: &str, online: Option<Vec<Box<str>>>) -> Vec<u8> {
+    match online {
+        Some(mut users) => {
+            users.sort_unstable();
+            let more = users.len() > MAX_ONLINE_LISTED;
+            users.truncate(MAX_ONLINE_LISTED);
+            http::json(
+                Status::Ok,
+                &json!({"room": room, "online": users, "has_more": more}),
+            )
+        }
+        None => not_a_member(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,23 +801,5 @@ mod tests {
         assert_eq!(v["base64"], true);
         assert_eq!(v["message_id"], "r:3");
         assert_eq!(v["headers"]["k"], "v");
-    }
-}
-
-/// The answer to `GET /api/rooms/{room}/online`, from the room's owner:
-/// `online` (users with a live subscription, sorted, at most
-/// [`MAX_ONLINE_LISTED`]) or `None` when the caller is not a member.
-pub(crate) fn online_answer(room: &str, online: Option<Vec<Box<str>>>) -> Vec<u8> {
-    match online {
-        Some(mut users) => {
-            users.sort_unstable();
-            let more = users.len() > MAX_ONLINE_LISTED;
-            users.truncate(MAX_ONLINE_LISTED);
-            http::json(
-                Status::Ok,
-                &json!({"room": room, "online": users, "has_more": more}),
-            )
-        }
-        None => not_a_member(),
     }
 }
