@@ -65,7 +65,7 @@ def test_healthz_closes_connection_even_for_keep_alive(server):
     assert body == b"ok\n"
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/"), ("GET", "/nope"), ("GET", "/healthz/x"),
+@pytest.mark.parametrize("method,path", [("POST", "/"), ("GET", "/nope"), ("GET", "/healthz/x"),
                                          ("GET", "/wss"), ("POST", "/healthz"), ("PUT", "/nope")])
 def test_other_requests_are_404(server, method, path):
     status, headers, body = server.http(method, path)
