@@ -29,10 +29,11 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use crate::auth::{Authenticator, same_secret, valid_user};
+use crate::config::Prefixes;
 use crate::http::{self, Status};
 use crate::message::Sequenced;
 use crate::push::PushStats;
-use crate::room::valid_room;
+use crate::room::valid_room_key;
 use crate::store::members::{self, Added};
 use crate::store::{Range, read_page};
 use crate::ws::handshake::percent_decode;
@@ -68,6 +69,7 @@ pub(crate) fn parse(
     method: &str,
     path: &str,
     query: Option<&str>,
+    prefixes: &Prefixes,
 ) -> Result<HistoryQuery, ApiError> {
     let rest = path.strip_prefix(ROOMS_PREFIX).unwrap_or("");
     let Some(room) = rest.strip_suffix("/messages") else {
@@ -82,12 +84,7 @@ pub(crate) fn parse(
             format!("{method} is not allowed here; use GET"),
         ));
     }
-    if !valid_room(room) {
-        return Err(error(
-            Status::BadRequest,
-            format!("invalid room '{room}': 1-128 characters from A-Z a-z 0-9 _ . ~ -"),
-        ));
-    }
+    let room = room_segment(room, prefixes)?;
     let (mut after, mut before, mut limit) = (None, None, None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -223,6 +220,8 @@ pub(crate) struct ApiCtx<'a> {
     pub served: Served,
     /// Shutting down: only health, readiness and metrics are answered.
     pub draining: bool,
+    /// The destination prefixes that name rooms (how rooms are written).
+    pub prefixes: &'a Prefixes,
 }
 
 /// Which endpoints a listener serves.
@@ -374,13 +373,19 @@ fn user_segment(seg: &str) -> Result<String, ApiError> {
     }
 }
 
-fn room_segment(room: &str) -> Result<String, ApiError> {
-    if valid_room(room) {
-        Ok(room.to_string())
+/// A room in a path: the room of `/topic/<name>` is `<name>`; under
+/// another destination prefix it is `<prefix name>/<name>`, with its `/`
+/// written `%2F` (`/api/rooms/queue%2Fa/messages` for `/queue/a`).
+fn room_segment(seg: &str, prefixes: &Prefixes) -> Result<String, ApiError> {
+    let room = percent_decode(seg);
+    if valid_room_key(&room, prefixes) {
+        Ok(room)
     } else {
         Err(error(
             Status::BadRequest,
-            format!("invalid room '{room}': 1-128 characters from A-Z a-z 0-9 _ . ~ -"),
+            format!(
+                "invalid room '{room}': a name of 1-128 characters from A-Z a-z 0-9 _ . ~ - (a /topic/ room), or <prefix>%2F<name> for the other destination prefixes ({prefixes})"
+            ),
         ))
     }
 }
@@ -474,7 +479,7 @@ fn api(
     };
     match segs.as_slice() {
         ["rooms", _, "messages"] => {
-            let q = parse(method, path, query)?;
+            let q = parse(method, path, query, ctx.prefixes)?;
             let caller = Caller::of(authorization, ctx)?;
             let member = caller.admin_or_member()?;
             if !ctx.store {
@@ -484,7 +489,7 @@ fn api(
         }
         ["rooms", room, "members"] => {
             method_is(method, &["GET"])?;
-            let room = room_segment(room)?;
+            let room = room_segment(room, ctx.prefixes)?;
             let member = Caller::of(authorization, ctx)?.admin_or_member()?;
             if !ctx.store {
                 return Err(no_store());
@@ -505,7 +510,7 @@ fn api(
         }
         ["rooms", room, "online"] => {
             method_is(method, &["GET"])?;
-            let room = room_segment(room)?;
+            let room = room_segment(room, ctx.prefixes)?;
             let user = Caller::of(authorization, ctx)?.admin_or_member()?;
             if !ctx.store {
                 return Err(no_store()); // presence is tracked with members
@@ -537,7 +542,7 @@ fn api(
         }
         ["rooms", room, "members", user] => {
             method_is(method, &["PUT", "DELETE"])?;
-            let room = room_segment(room)?;
+            let room = room_segment(room, ctx.prefixes)?;
             let user = user_segment(user)?;
             Caller::of(authorization, ctx)?.admin()?;
             if !ctx.store {
@@ -730,7 +735,12 @@ mod tests {
     use crate::message::Draft;
 
     fn p(q: &str) -> Result<HistoryQuery, ApiError> {
-        parse("GET", "/api/rooms/lobby/messages", Some(q))
+        parse(
+            "GET",
+            "/api/rooms/lobby/messages",
+            Some(q),
+            &Prefixes::default(),
+        )
     }
 
     #[test]
@@ -766,19 +776,31 @@ mod tests {
             assert_eq!(e.0, Status::BadRequest, "{q}: {e:?}");
         }
         assert_eq!(
-            parse("GET", "/api/rooms/bad room/messages", None)
-                .unwrap_err()
-                .0,
+            parse(
+                "GET",
+                "/api/rooms/bad room/messages",
+                None,
+                &Prefixes::default()
+            )
+            .unwrap_err()
+            .0,
             Status::BadRequest
         );
         assert_eq!(
-            parse("POST", "/api/rooms/lobby/messages", None)
-                .unwrap_err()
-                .0,
+            parse(
+                "POST",
+                "/api/rooms/lobby/messages",
+                None,
+                &Prefixes::default()
+            )
+            .unwrap_err()
+            .0,
             Status::MethodNotAllowed
         );
         assert_eq!(
-            parse("GET", "/api/rooms/lobby", None).unwrap_err().0,
+            parse("GET", "/api/rooms/lobby", None, &Prefixes::default())
+                .unwrap_err()
+                .0,
             Status::NotFound
         );
     }

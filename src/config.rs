@@ -124,6 +124,74 @@ impl std::fmt::Display for Listen {
     }
 }
 
+/// The destination prefixes that name rooms (`--destination-prefixes`):
+/// each `/name/`, as Spring's `enableSimpleBroker("/topic", "/queue")`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefixes(Vec<Box<str>>);
+
+/// The prefix whose rooms keep their bare names (`/topic/lobby` is room
+/// `lobby`, as before there were other prefixes).
+pub const TOPIC_PREFIX: &str = "/topic/";
+
+impl Prefixes {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|p| &**p)
+    }
+
+    pub fn contains(&self, prefix: &str) -> bool {
+        self.iter().any(|p| p == prefix)
+    }
+}
+
+impl Default for Prefixes {
+    fn default() -> Prefixes {
+        Prefixes(vec!["/topic/".into(), "/queue/".into()])
+    }
+}
+
+impl FromStr for Prefixes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out: Vec<Box<str>> = Vec::new();
+        for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let name = p
+                .strip_prefix('/')
+                .and_then(|p| p.strip_suffix('/'))
+                .filter(|n| {
+                    (1..=32).contains(&n.len())
+                        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+                })
+                .ok_or_else(|| {
+                    format!("destination prefix `{p}` is not `/name/` with a name of 1-32 characters from a-z 0-9 _ -")
+                })?;
+            if name == "user" {
+                return Err("`/user/` is reserved for user destinations".into());
+            }
+            if out.iter().any(|o| **o == *p) {
+                return Err(format!("destination prefix `{p}` is given twice"));
+            }
+            out.push(p.into());
+        }
+        if out.is_empty() {
+            return Err("at least one destination prefix, like /topic/".into());
+        }
+        Ok(Prefixes(out))
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefixes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Prefixes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
 /// Declares the settings: the clap parser (`Cli`), the TOML file shape
 /// (`FileConfig`) and the resolved `Config`, from one list.
 macro_rules! settings {
@@ -244,6 +312,15 @@ settings! {
     /// Retries of one push on 429, 5xx or a network error (exponential
     /// backoff with jitter, at least FCM's `Retry-After`).
     push_retries: u32 = 5, env "STAMPEDE_PUSH_RETRIES", default_help "5";
+    /// Destination prefixes that name rooms, comma-separated: a
+    /// destination `<prefix><name>` is a room with everything rooms have
+    /// (one order, `x-seq`, history, replay). `/topic/lobby` is room
+    /// `lobby`; under any other prefix the room is the destination without
+    /// its first `/` (`/queue/a` is room `queue/a`, which `/topic/a` is
+    /// not). As Spring's simple broker: every subscriber gets every
+    /// message (no competing consumers). Anything else (e.g. Spring's
+    /// `/app/`) is refused with an ERROR naming these.
+    destination_prefixes: Prefixes = Prefixes::default(), env "STAMPEDE_DESTINATION_PREFIXES", default_help "/topic/,/queue/";
     /// HTTP and WebSocket listener (STOMP endpoint path `/ws`).
     listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(), env "STAMPEDE_LISTEN", default_help "127.0.0.1:8080";
     /// Plain STOMP-over-TCP listener, or `off`.

@@ -91,8 +91,10 @@ impl Sequenced {
         let esc = Escaping::for_version(version);
         let d = &self.draft;
         let mut b = Vec::with_capacity(160 + d.room.len() * 2 + d.body.len());
-        b.extend_from_slice(b"destination:/topic/");
-        b.extend_from_slice(d.room.as_bytes());
+        let (prefix, rest) = crate::room::destination_parts(&d.room);
+        b.extend_from_slice(b"destination:");
+        b.extend_from_slice(prefix.as_bytes());
+        b.extend_from_slice(rest.as_bytes());
         b.extend_from_slice(b"\nmessage-id:");
         b.extend_from_slice(d.room.as_bytes());
         b.push(b':');

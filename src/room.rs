@@ -2,7 +2,10 @@
 //!
 //! Room `R` is owned by shard `fnv1a64(R) % shards`: the owner gives every
 //! message of `R` its sequence number. A destination names a room as
-//! `/topic/<room>`.
+//! `/topic/<room>`, or `<prefix><name>` for the other destination prefixes
+//! (`--destination-prefixes`; [`room_of`]).
+
+use crate::config::{Prefixes, TOPIC_PREFIX};
 
 /// Longest room name we accept. Room names become SQLite keys, metric labels
 /// and `message-id` prefixes; 128 bytes is plenty for ids and slugs.
@@ -24,11 +27,47 @@ pub fn owner_of(room: &str, shards: usize) -> usize {
     (room_hash(room) % shards as u64) as usize
 }
 
-/// The room named by a destination: `/topic/<room>` with a room of
-/// `[A-Za-z0-9_.~-]{1,128}`. `None` for anything else.
-pub fn room_of(destination: &str) -> Option<&str> {
-    let room = destination.strip_prefix("/topic/")?;
-    valid_room(room).then_some(room)
+/// The room named by a destination: `<prefix><name>` for one of
+/// `prefixes` with a name of `[A-Za-z0-9_.~-]{1,128}`. Under `/topic/` the
+/// room is the name itself; under any other prefix it is the destination
+/// without its leading `/` (`/queue/a` → `queue/a`): a `/` cannot be in a
+/// name, so the two never meet. `None` for anything else.
+pub fn room_of<'a>(destination: &'a str, prefixes: &Prefixes) -> Option<&'a str> {
+    let prefix = prefixes.iter().find(|p| destination.starts_with(p))?;
+    let name = &destination[prefix.len()..];
+    if !valid_room(name) {
+        return None;
+    }
+    Some(if prefix == TOPIC_PREFIX {
+        name
+    } else {
+        &destination[1..]
+    })
+}
+
+/// The destination of room `room` (the inverse of [`room_of`]): the
+/// prefix part first, then the room's name.
+pub fn destination_parts(room: &str) -> (&'static str, &str) {
+    if room.contains('/') {
+        ("/", room)
+    } else {
+        (TOPIC_PREFIX, room)
+    }
+}
+
+/// Whether `room` names a room under `prefixes` (as the HTTP API and
+/// `/ws?room=` take them): a bare name when `/topic/` is one of them, or
+/// `<prefix name>/<name>` for another.
+pub fn valid_room_key(room: &str, prefixes: &Prefixes) -> bool {
+    match room.split_once('/') {
+        None => prefixes.contains(TOPIC_PREFIX) && valid_room(room),
+        Some((p, name)) => {
+            valid_room(name)
+                && prefixes
+                    .iter()
+                    .any(|x| x != TOPIC_PREFIX && x.len() == p.len() + 2 && x[1..].starts_with(p))
+        }
+    }
 }
 
 /// Whether `room` is a room name: `[A-Za-z0-9_.~-]{1,128}`.
@@ -54,12 +93,49 @@ mod tests {
 
     #[test]
     fn destinations() {
-        assert_eq!(room_of("/topic/lobby-1"), Some("lobby-1"));
-        assert_eq!(room_of("/topic/"), None);
-        assert_eq!(room_of("/queue/x"), None);
-        assert_eq!(room_of("/topic/a/b"), None);
-        assert_eq!(room_of("/topic/a:b"), None);
-        assert!(room_of(&format!("/topic/{}", "x".repeat(129))).is_none());
-        assert!(room_of(&format!("/topic/{}", "x".repeat(128))).is_some());
+        let p = Prefixes::default();
+        assert_eq!(room_of("/topic/lobby-1", &p), Some("lobby-1"));
+        assert_eq!(room_of("/topic/", &p), None);
+        assert_eq!(room_of("/queue/x", &p), Some("queue/x"));
+        assert_eq!(room_of("/queue/", &p), None);
+        assert_eq!(room_of("/app/x", &p), None);
+        assert_eq!(room_of("/user/queue/x", &p), None);
+        assert_eq!(room_of("/topic/a/b", &p), None);
+        assert_eq!(room_of("/queue/a/b", &p), None);
+        assert_eq!(room_of("/topic/a:b", &p), None);
+        assert!(room_of(&format!("/topic/{}", "x".repeat(129)), &p).is_none());
+        assert!(room_of(&format!("/topic/{}", "x".repeat(128)), &p).is_some());
+        let only_queue: Prefixes = "/queue/".parse().unwrap();
+        assert_eq!(room_of("/topic/a", &only_queue), None);
+        assert_eq!(room_of("/queue/a", &only_queue), Some("queue/a"));
+    }
+
+    #[test]
+    fn a_room_names_its_destination_again() {
+        let p: Prefixes = "/topic/,/queue/,/exchange/".parse().unwrap();
+        for dest in ["/topic/a", "/queue/a", "/exchange/a.b-c"] {
+            let room = room_of(dest, &p).unwrap();
+            let (prefix, rest) = destination_parts(room);
+            assert_eq!(format!("{prefix}{rest}"), dest);
+            assert!(valid_room_key(room, &p), "{room}");
+        }
+        assert!(!valid_room_key("queue/a", &"/topic/".parse().unwrap()));
+        assert!(!valid_room_key("a", &"/queue/".parse().unwrap()));
+        assert!(!valid_room_key("topic/a", &p), "topic rooms are bare names");
+        assert!(!valid_room_key("queue/", &p));
+        assert!(!valid_room_key("queue/a/b", &p));
+        assert!(!valid_room_key("que/a", &p));
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        for bad in [
+            "", "topic", "/topic", "topic/", "/To pic/", "/user/", "/a/,/a/", "//",
+        ] {
+            assert!(bad.parse::<Prefixes>().is_err(), "{bad:?}");
+        }
+        let p: Prefixes = " /topic/ , /queue/ ".parse().unwrap();
+        assert_eq!(p, Prefixes::default());
+        assert_eq!(p.to_string(), "/topic/,/queue/");
     }
 }

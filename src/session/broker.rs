@@ -12,7 +12,7 @@
 //! consumer, so acknowledgement is bookkeeping inside the session (the
 //! pending list the broker's fan-out fills through `Session::pend`).
 
-use crate::config::Config;
+use crate::config::{Config, Prefixes};
 use crate::message::{AckMode, Confirm, Draft, ReplayFrom};
 use crate::stomp::frame::Version;
 
@@ -31,6 +31,8 @@ pub(crate) struct SessionLimits {
     pub heartbeat_send_ms: u64,
     /// How often we want to hear from the client, in ms (0 = never).
     pub heartbeat_receive_ms: u64,
+    /// The destination prefixes that name rooms.
+    pub prefixes: Prefixes,
 }
 
 impl SessionLimits {
@@ -42,6 +44,7 @@ impl SessionLimits {
             max_transaction_bytes: cfg.max_transaction_bytes,
             heartbeat_send_ms: cfg.heartbeat_send_ms,
             heartbeat_receive_ms: cfg.heartbeat_receive_ms,
+            prefixes: cfg.destination_prefixes.clone(),
         }
     }
 }

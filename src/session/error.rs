@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use super::receipts;
+use crate::config::Prefixes;
 use crate::out::Out;
 use crate::stomp::frame::{Command, ParseError};
 use crate::ws::framing::CloseCode;
@@ -77,11 +78,18 @@ impl StompError {
         StompError::protocol("unknown transaction", format!("no open transaction '{tx}'"))
     }
 
-    pub(super) fn bad_destination(dest: &str) -> StompError {
+    pub(super) fn bad_destination(dest: &str, prefixes: &Prefixes) -> StompError {
+        let accepted: Vec<String> = prefixes.iter().map(|p| format!("{p}<name>")).collect();
         StompError::protocol(
             "invalid destination",
             format!(
-                "destinations are /topic/<room> with a room of 1-128 characters from A-Z a-z 0-9 _ . ~ -; got '{dest}'"
+                "destinations are {} with a name of 1-128 characters from A-Z a-z 0-9 _ . ~ -; got '{dest}'{}",
+                accepted.join(" or "),
+                if dest.starts_with("/app/") {
+                    " (an /app/ destination needs server-side handlers, which this broker does not run: send to a room, see the README)"
+                } else {
+                    ""
+                }
             ),
         )
     }

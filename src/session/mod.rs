@@ -20,6 +20,7 @@ use std::time::Instant;
 pub(crate) use broker::{Broker, NewSub, SessionLimits, Subscribed};
 pub(crate) use error::StompError;
 
+use crate::config::Prefixes;
 use crate::message::{AckMode, Confirm, Draft, RESERVED_HEADERS, ReplayFrom};
 use crate::out::{CLOSE_FLUSH_TIMEOUT, Out};
 use crate::room::room_of;
@@ -371,7 +372,7 @@ impl Session {
             self.receipt(out, receipt)?;
             return Ok(());
         }
-        let draft = self.draft(f)?;
+        let draft = self.draft(f, &broker.limits().prefixes)?;
         // RECEIPT follows once the message is stored (or, with persistence
         // off, once the owner shard sequenced it).
         if let Some(r) = receipt {
@@ -384,11 +385,12 @@ impl Session {
     }
 
     /// Turn a SEND into a draft for the room's owner.
-    fn draft(&self, f: &Frame<'_>) -> Result<Draft, StompError> {
+    fn draft(&self, f: &Frame<'_>, prefixes: &Prefixes) -> Result<Draft, StompError> {
         let dest = f
             .header("destination")
             .ok_or_else(|| StompError::missing("destination", f.command))?;
-        let room = room_of(dest).ok_or_else(|| StompError::bad_destination(dest))?;
+        let room =
+            room_of(dest, prefixes).ok_or_else(|| StompError::bad_destination(dest, prefixes))?;
         let mut headers: Vec<(Box<str>, Box<str>)> = Vec::new();
         for (k, v) in &f.headers {
             if RESERVED_HEADERS.contains(&k.as_ref()) || headers.iter().any(|(n, _)| **n == **k) {
@@ -413,7 +415,9 @@ impl Session {
         let dest = f
             .header("destination")
             .ok_or_else(|| StompError::missing("destination", f.command))?;
-        let room = room_of(dest).ok_or_else(|| StompError::bad_destination(dest))?;
+        let prefixes = &broker.limits().prefixes;
+        let room =
+            room_of(dest, prefixes).ok_or_else(|| StompError::bad_destination(dest, prefixes))?;
         let id = match f.header("id") {
             Some(id) => id,
             // STOMP 1.0 makes `id` optional; the destination then names it.
@@ -498,7 +502,7 @@ impl Session {
                 let dest = f
                     .header("destination")
                     .ok_or_else(|| StompError::missing("id", f.command))?;
-                let room = room_of(dest);
+                let room = room_of(dest, &broker.limits().prefixes);
                 self.subs.iter().position(|s| Some(&*s.room) == room)
             }
             (None, _) => return Err(StompError::missing("id", f.command)),

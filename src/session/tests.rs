@@ -45,6 +45,7 @@ impl Fake {
                 max_transaction_bytes: 1000,
                 heartbeat_send_ms: 10_000,
                 heartbeat_receive_ms: 10_000,
+                prefixes: crate::config::Prefixes::default(),
             },
             auth: crate::auth::Authenticator::none(),
             persistent: true,
@@ -304,8 +305,7 @@ fn subscribed(
     }
 }
 
-const BAD_DESTINATION: &str =
-    "destinations are /topic/<room> with a room of 1-128 characters from A-Z a-z 0-9 _ . ~ -; got";
+const BAD_DESTINATION: &str = "destinations are /topic/<name> or /queue/<name> with a name of 1-128 characters from A-Z a-z 0-9 _ . ~ -; got";
 
 fn bad_destination(dest: &str) -> String {
     error(
@@ -676,7 +676,10 @@ fn subscribe_without_destination_is_an_error() {
 fn subscribe_to_a_bad_destination_is_an_error() {
     let long = format!("/topic/{}", "a".repeat(129));
     for dest in [
-        "/queue/x",
+        "/exchange/x",
+        "/user/queue/x",
+        "/queue/",
+        "/queue/a/b",
         "/topic/",
         "/topic",
         "topic/a",
@@ -1673,8 +1676,8 @@ fn a_bad_send_in_a_transaction_fails_at_send_time() {
             ),
         ),
         (
-            "SEND\ndestination:/queue/x\ntransaction:t1\nreceipt:r\n\nx",
-            bad_destination("/queue/x"),
+            "SEND\ndestination:/exchange/x\ntransaction:t1\nreceipt:r\n\nx",
+            bad_destination("/exchange/x"),
         ),
     ] {
         let mut t = T::connected("1.2");
@@ -1862,8 +1865,8 @@ fn send_errors_and_send_without_receipt() {
             ),
         ),
         (
-            "SEND\ndestination:/queue/a\nreceipt:r\n\nx",
-            bad_destination("/queue/a"),
+            "SEND\ndestination:/exchange/a\nreceipt:r\n\nx",
+            bad_destination("/exchange/a"),
         ),
         (
             "SEND\ndestination:/topic/\nreceipt:r\n\nx",

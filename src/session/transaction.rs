@@ -130,7 +130,7 @@ impl Session {
                 body: &h.body,
             };
             steps.push(match h.command {
-                Command::Send => Step::Publish(self.draft(&frame)?),
+                Command::Send => Step::Publish(self.draft(&frame, &broker.limits().prefixes)?),
                 _ => {
                     let (idx, seq) = self.ack_target(&frame)?;
                     Step::Ack(idx, seq)
@@ -195,7 +195,7 @@ impl Session {
         }
         // Validate now so the client learns of a bad SEND at SEND time.
         if f.command == Command::Send {
-            self.draft(f)?;
+            self.draft(f, &limits.prefixes)?;
         }
         let held = Held {
             command: f.command,

@@ -21,7 +21,7 @@ use super::{ConnBroker, Shard};
 use crate::api::{self, Answer, Served};
 use crate::config::Listen;
 use crate::conn::{Conn, Ev, Outcome, READ_PAUSE_OUTBOUND, SCRATCH_SIZE, with_scratch};
-use crate::room::{owner_of, valid_room};
+use crate::room::{owner_of, valid_room_key};
 
 /// Reads of one connection, each ready without waiting, before its task
 /// lets the shard's other tasks run (see the end of `run`'s loop).
@@ -151,6 +151,7 @@ impl Shard {
                 authorization,
             }) => {
                 let ctx = api::ApiCtx {
+                    prefixes: &self.session_limits.prefixes,
                     store: self.durable.persistent(),
                     auth: &self.auth,
                     admin_token: self.cfg.admin_token.expose(),
@@ -257,7 +258,7 @@ impl Shard {
             Some(Outcome::Upgrade { answer, rest, room }) => {
                 let owner = room
                     .as_deref()
-                    .filter(|r| valid_room(r))
+                    .filter(|r| valid_room_key(r, &self.session_limits.prefixes))
                     .map(|r| owner_of(r, self.nshards))
                     .filter(|&o| o != self.id);
                 let Some(owner) = owner else {

@@ -230,7 +230,7 @@ def test_stomppy_error_reported(server, conns):
     conn = make_conn(server, "tcp12")
     conns.append(conn)
     lst = _connect(conn)
-    conn.send("/queue/not-a-topic", "x", receipt="bad")
+    conn.send("/exchange/not-a-room", "x", receipt="bad")
     f = lst.wait("ERROR")
     assert "destination" in f.headers["message"].lower()
     assert f.headers.get("receipt-id") == "bad"

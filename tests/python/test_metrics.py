@@ -131,7 +131,7 @@ def test_metrics_pass_promtool_and_count_what_the_clients_did(server_factory):
         assert [f.body for f in got] == [f"hello {i}".encode() for i in range(m)]
     # one ERROR of a known kind
     bad = srv.connected("tcp")
-    bad.send_frame("SEND", [("destination", "/queue/nope")], b"x")
+    bad.send_frame("SEND", [("destination", "/exchange/nope")], b"x")
     bad.expect_error("invalid destination")
 
     after = wait_until(lambda: (lambda s: s if s.total("stampede_sessions") == n_subs + 2 else None)(
