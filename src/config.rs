@@ -133,6 +133,18 @@ pub struct Prefixes(Vec<Box<str>>);
 /// `lobby`, as before there were other prefixes).
 pub const TOPIC_PREFIX: &str = "/topic/";
 
+/// The destination of room `room` (the inverse of `room::room_of`): the
+/// prefix part first, then the rest. A `/topic/` room is a bare name;
+/// under any other prefix the room is the destination without its first
+/// `/`.
+pub fn destination_parts(room: &str) -> (&'static str, &str) {
+    if room.contains('/') {
+        ("/", room)
+    } else {
+        (TOPIC_PREFIX, room)
+    }
+}
+
 impl Prefixes {
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|p| &**p)

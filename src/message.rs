@@ -91,7 +91,7 @@ impl Sequenced {
         let esc = Escaping::for_version(version);
         let d = &self.draft;
         let mut b = Vec::with_capacity(160 + d.room.len() * 2 + d.body.len());
-        let (prefix, rest) = crate::room::destination_parts(&d.room);
+        let (prefix, rest) = crate::config::destination_parts(&d.room);
         b.extend_from_slice(b"destination:");
         b.extend_from_slice(prefix.as_bytes());
         b.extend_from_slice(rest.as_bytes());

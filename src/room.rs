@@ -5,6 +5,8 @@
 //! `/topic/<room>`, or `<prefix><name>` for the other destination prefixes
 //! (`--destination-prefixes`; [`room_of`]).
 
+#[cfg(test)]
+use crate::config::destination_parts;
 use crate::config::{Prefixes, TOPIC_PREFIX};
 
 /// Longest room name we accept. Room names become SQLite keys, metric labels
@@ -43,16 +45,6 @@ pub fn room_of<'a>(destination: &'a str, prefixes: &Prefixes) -> Option<&'a str>
     } else {
         &destination[1..]
     })
-}
-
-/// The destination of room `room` (the inverse of [`room_of`]): the
-/// prefix part first, then the room's name.
-pub fn destination_parts(room: &str) -> (&'static str, &str) {
-    if room.contains('/') {
-        ("/", room)
-    } else {
-        (TOPIC_PREFIX, room)
-    }
 }
 
 /// Whether `room` names a room under `prefixes` (as the HTTP API and
