@@ -187,17 +187,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // Machine-readable lines (tests and scripts read the ports here): the
-    // metrics listener's, if any, then the readiness line, always last.
-    if let Some(addr) = metrics_addr {
-        let _ = writeln!(std::io::stdout(), "stampede metrics http={addr}");
-    }
-    let _ = writeln!(
-        std::io::stdout(),
-        "stampede ready http={http_addr} stomp={stomp}"
-    );
-    let _ = std::io::stdout().flush();
-
+    // Signals are caught from before the ready line: a SIGHUP sent as soon
+    // as it shows must reload, not end the process (its default action).
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -209,6 +200,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Machine-readable lines (tests and scripts read the ports here): the
+    // metrics listener's, if any, then the readiness line, always last.
+    if let Some(addr) = metrics_addr {
+        let _ = writeln!(std::io::stdout(), "stampede metrics http={addr}");
+    }
+    let _ = writeln!(
+        std::io::stdout(),
+        "stampede ready http={http_addr} stomp={stomp}"
+    );
+    let _ = std::io::stdout().flush();
+
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
             reload_tls(&cfg, &running);

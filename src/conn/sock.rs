@@ -48,6 +48,9 @@ impl std::fmt::Debug for TlsSession {
 pub(crate) struct Sock {
     stream: TcpStream,
     tls: Option<TlsSession>,
+    /// Shut our sending side once the backlog is sent (it ends with the
+    /// TLS `close_notify`).
+    shut_after_drain: bool,
 }
 
 impl Sock {
@@ -62,7 +65,11 @@ impl Sock {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("set_nodelay: {e}");
         }
-        Sock { stream, tls }
+        Sock {
+            stream,
+            tls,
+            shut_after_drain: false,
+        }
     }
 
     /// Take a socket handed over by another shard (`dup_fd` and
@@ -135,16 +142,25 @@ impl Sock {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+        if std::mem::take(&mut self.shut_after_drain) {
+            // SAFETY: our open socket.
+            unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
+        }
         Poll::Ready(Ok(()))
     }
 
-    /// Shut down our sending side (the peer reads EOF after what was sent;
-    /// with TLS, after a `close_notify` alert if the socket takes it).
+    /// Shut down our sending side (the peer reads EOF after what was sent).
+    /// With TLS a `close_notify` alert goes first: if the socket does not
+    /// take it at once it is backlog, and the shutdown follows once
+    /// [`Sock::poll_drain`] has sent it.
     pub fn shutdown_write(&mut self) {
         let fd = self.stream.as_raw_fd();
         if let Some(TlsSession(tls)) = &mut self.tls {
             tls.send_close_notify();
-            let _ = drain_now(tls, fd);
+            if drain_now(tls, fd).is_err() && tls.wants_write() {
+                self.shut_after_drain = true;
+                return;
+            }
         }
         // SAFETY: our open socket.
         unsafe { libc::shutdown(fd, libc::SHUT_WR) };

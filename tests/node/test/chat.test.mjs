@@ -230,6 +230,31 @@ test('chat page: a room list with unread counts', T, async (t) => {
   assert.deepEqual(problems, []);
 });
 
+test('chat page: a room the server refuses is dropped, not retried in a loop', T, async (t) => {
+  const admin = 'chat-page-admin-token-0123456789';
+  const server = await startServer({ args: ['--join', 'invite', '--admin-token', admin] }, t);
+  const [club, closed] = [uniqueRoom('club'), uniqueRoom('closed')];
+  const put = await fetch(`${base(server)}/api/rooms/${club}/members/kim`, {
+    method: 'PUT',
+    headers: { Authorization: `Bearer ${admin}` },
+  });
+  assert.equal(put.status, 200);
+  const browser = await launchBrowser(t);
+  const { page, problems } = await person(browser);
+  let sockets = 0;
+  page.on('websocket', () => { sockets += 1; });
+  await join(page, base(server), { name: 'kim', room: club });
+  await page.fill('#new-room', closed);
+  await page.press('#new-room', 'Enter');
+  await page.waitForFunction(() => /not a member/.test(document.getElementById('banner').textContent));
+  await sleep(4000);
+  assert.ok(sockets <= 3, `reconnected ${sockets - 1} times in 4 s`);
+  await page.waitForSelector('#state[data-state="online"]');
+  assert.equal(await page.textContent('#room-title'), `#${club}`, 'back in the room she may be in');
+  assert.equal(await page.locator(`#room-list button:has-text("#${closed}")`).count(), 0);
+  assert.deepEqual(problems, []);
+});
+
 test('chat page: usable at phone width', T, async (t) => {
   const server = await startServer({}, t);
   const browser = await launchBrowser(t);
