@@ -33,7 +33,7 @@ use crate::config::Prefixes;
 use crate::http::{self, Status};
 use crate::message::Sequenced;
 use crate::push::PushStats;
-use crate::room::valid_room_key;
+use crate::room::{is_room_of_user, valid_room_key};
 use crate::store::members::{self, Added};
 use crate::store::{Range, read_page};
 use crate::ws::handshake::percent_decode;
@@ -481,7 +481,11 @@ fn api(
         ["rooms", _, "messages"] => {
             let q = parse(method, path, query, ctx.prefixes)?;
             let caller = Caller::of(authorization, ctx)?;
-            let member = caller.admin_or_member()?;
+            let member = match caller.admin_or_member()? {
+                // A user reads their own user room (`/user/…`) as its owner.
+                Some(u) if is_room_of_user(&q.room, &u) => None,
+                member => member,
+            };
             if !ctx.store {
                 return Err(no_store());
             }

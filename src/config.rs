@@ -138,7 +138,15 @@ pub const TOPIC_PREFIX: &str = "/topic/";
 /// under any other prefix the room is the destination without its first
 /// `/`.
 pub fn destination_parts(room: &str) -> (&'static str, &str) {
-    if room.contains('/') {
+    if room.starts_with("user/") {
+        // `user/<user>/<prefix name>/<name>`: subscribers see the
+        // destination they subscribed to, `/user/<prefix name>/<name>`.
+        let mut cut = room.len();
+        for _ in 0..2 {
+            cut = room[..cut].rfind('/').unwrap_or(0);
+        }
+        ("/user/", &room[(cut + 1).min(room.len())..])
+    } else if room.contains('/') {
         ("/", room)
     } else {
         (TOPIC_PREFIX, room)

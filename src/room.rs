@@ -7,6 +7,8 @@
 
 #[cfg(test)]
 use crate::config::destination_parts;
+use std::borrow::Cow;
+
 use crate::config::{Prefixes, TOPIC_PREFIX};
 
 /// Longest room name we accept. Room names become SQLite keys, metric labels
@@ -47,10 +49,93 @@ pub fn room_of<'a>(destination: &'a str, prefixes: &Prefixes) -> Option<&'a str>
     })
 }
 
+/// Where user destinations start (Spring's `UserDestinationMessageHandler`):
+/// a client subscribes to `/user/<prefix name>/<name>` and receives what
+/// anyone sends to `/user/<its user>/<prefix name>/<name>`.
+pub const USER_PREFIX: &str = "/user/";
+
+/// Why a destination names no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotARoom {
+    /// Outside every prefix, or a bad name.
+    Invalid,
+    /// A SUBSCRIBE to another user's destination (`/user/<user>/…`).
+    OtherUser,
+}
+
+/// The room a SEND to `destination` goes to: [`room_of`], or for
+/// `/user/<user>/<prefix name>/<name>` that user's room
+/// `user/<user>/<prefix name>/<name>` (the destination without its first
+/// `/`; one room per user and name, on one owner shard, so every session
+/// of the user gets the message in one order, with history and replay).
+pub fn send_room<'a>(destination: &'a str, prefixes: &Prefixes) -> Option<&'a str> {
+    match destination.strip_prefix(USER_PREFIX) {
+        Some(rest) => user_target(rest, prefixes).map(|_| &destination[1..]),
+        None => room_of(destination, prefixes),
+    }
+}
+
+/// The room a SUBSCRIBE of `user` to `destination` reads: [`room_of`], or
+/// for `/user/<prefix name>/<name>` the user's own room (see
+/// [`send_room`]). Another user's `/user/<user>/…` is never theirs.
+pub fn subscribe_room<'a>(
+    destination: &'a str,
+    prefixes: &Prefixes,
+    user: &str,
+) -> Result<Cow<'a, str>, NotARoom> {
+    let Some(rest) = destination.strip_prefix(USER_PREFIX) else {
+        return room_of(destination, prefixes)
+            .map(Cow::Borrowed)
+            .ok_or(NotARoom::Invalid);
+    };
+    if user_target(rest, prefixes).is_some() {
+        return Err(NotARoom::OtherUser);
+    }
+    let (pname, name) = rest.split_once('/').ok_or(NotARoom::Invalid)?;
+    if !valid_room(name) || !is_prefix_name(pname, prefixes) {
+        return Err(NotARoom::Invalid);
+    }
+    Ok(Cow::Owned(format!("user/{user}/{pname}/{name}")))
+}
+
+/// `<user>/<prefix name>/<name>` of a user destination (read from the
+/// right: a user id may hold a `/`): the user, if it is one.
+fn user_target<'a>(rest: &'a str, prefixes: &Prefixes) -> Option<&'a str> {
+    let mut parts = rest.rsplitn(3, '/');
+    let (name, pname, user) = (parts.next()?, parts.next()?, parts.next()?);
+    // As `auth::valid_user`: 1-128 bytes, no control or white space.
+    let user_ok = !user.is_empty()
+        && user.len() <= 128
+        && !user.chars().any(|c| c.is_control() || c.is_whitespace());
+    (user_ok && valid_room(name) && is_prefix_name(pname, prefixes)).then_some(user)
+}
+
+/// Whether `/<pname>/` is one of `prefixes`.
+fn is_prefix_name(pname: &str, prefixes: &Prefixes) -> bool {
+    prefixes
+        .iter()
+        .any(|p| p.len() == pname.len() + 2 && p[1..].starts_with(pname))
+}
+
+/// Whether `room` is a user's room (`user/<user>/<prefix name>/<name>`).
+pub fn is_user_room(room: &str) -> bool {
+    room.starts_with("user/")
+}
+
+/// Whether `room` is `user`'s own room.
+pub fn is_room_of_user(room: &str, user: &str) -> bool {
+    room.strip_prefix("user/")
+        .and_then(|r| r.strip_prefix(user))
+        .is_some_and(|r| r.starts_with('/') && r.matches('/').count() == 2)
+}
+
 /// Whether `room` names a room under `prefixes` (as the HTTP API and
 /// `/ws?room=` take them): a bare name when `/topic/` is one of them, or
 /// `<prefix name>/<name>` for another.
 pub fn valid_room_key(room: &str, prefixes: &Prefixes) -> bool {
+    if let Some(rest) = room.strip_prefix("user/") {
+        return user_target(rest, prefixes).is_some();
+    }
     match room.split_once('/') {
         None => prefixes.contains(TOPIC_PREFIX) && valid_room(room),
         Some((p, name)) => {
@@ -117,6 +202,55 @@ mod tests {
         assert!(!valid_room_key("queue/", &p));
         assert!(!valid_room_key("queue/a/b", &p));
         assert!(!valid_room_key("que/a", &p));
+    }
+
+    #[test]
+    fn user_destinations() {
+        let p = Prefixes::default();
+        assert_eq!(
+            send_room("/user/bob/queue/dm", &p),
+            Some("user/bob/queue/dm")
+        );
+        assert_eq!(
+            send_room("/user/b/o/b/topic/x", &p),
+            Some("user/b/o/b/topic/x")
+        );
+        assert_eq!(send_room("/user/queue/dm", &p), None, "whose?");
+        assert_eq!(send_room("/user/bob/app/dm", &p), None);
+        assert_eq!(send_room("/user/bob/queue/a b", &p), None);
+        assert_eq!(send_room("/user/ /queue/dm", &p), None);
+        assert_eq!(
+            subscribe_room("/user/queue/dm", &p, "bob").unwrap(),
+            "user/bob/queue/dm"
+        );
+        assert_eq!(
+            subscribe_room("/user/bob/queue/dm", &p, "bob"),
+            Err(NotARoom::OtherUser)
+        );
+        assert_eq!(
+            subscribe_room("/user/alice/queue/dm", &p, "bob"),
+            Err(NotARoom::OtherUser)
+        );
+        assert_eq!(
+            subscribe_room("/user/app/dm", &p, "bob"),
+            Err(NotARoom::Invalid)
+        );
+        assert_eq!(
+            subscribe_room("/user/queue/", &p, "bob"),
+            Err(NotARoom::Invalid)
+        );
+        assert_eq!(subscribe_room("/topic/a", &p, "bob").unwrap(), "a");
+        // What bob subscribes to is what alice sends to.
+        let room = subscribe_room("/user/queue/dm", &p, "bob").unwrap();
+        assert_eq!(Some(&*room), send_room("/user/bob/queue/dm", &p));
+        assert!(is_user_room(&room) && is_room_of_user(&room, "bob"));
+        assert!(!is_room_of_user(&room, "bo") && !is_room_of_user(&room, "bobby"));
+        assert!(valid_room_key(&room, &p));
+        assert_eq!(destination_parts(&room), ("/user/", "queue/dm"));
+        assert_eq!(
+            destination_parts("user/b/o/b/topic/x"),
+            ("/user/", "topic/x")
+        );
     }
 
     #[test]

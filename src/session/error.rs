@@ -80,16 +80,28 @@ impl StompError {
 
     pub(super) fn bad_destination(dest: &str, prefixes: &Prefixes) -> StompError {
         let accepted: Vec<String> = prefixes.iter().map(|p| format!("{p}<name>")).collect();
+        let user: Vec<String> = prefixes.iter().map(|p| format!("/user{p}<name>")).collect();
         StompError::protocol(
             "invalid destination",
             format!(
-                "destinations are {} with a name of 1-128 characters from A-Z a-z 0-9 _ . ~ -; got '{dest}'{}",
+                "destinations are {} with a name of 1-128 characters from A-Z a-z 0-9 _ . ~ -, and user destinations (subscribe to {}, send to /user/<user>{}<name>); got '{dest}'{}",
                 accepted.join(" or "),
+                user.join(" or "),
+                prefixes.iter().next().unwrap_or("/queue/"),
                 if dest.starts_with("/app/") {
                     " (an /app/ destination needs server-side handlers, which this broker does not run: send to a room, see the README)"
                 } else {
                     ""
                 }
+            ),
+        )
+    }
+
+    pub(super) fn other_users_destination(dest: &str) -> StompError {
+        StompError::protocol(
+            "not your destination",
+            format!(
+                "'{dest}' is another user's destination: subscribe to /user/<prefix>/<name> to receive what is sent to you"
             ),
         )
     }

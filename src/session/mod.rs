@@ -23,7 +23,7 @@ pub(crate) use error::StompError;
 use crate::config::Prefixes;
 use crate::message::{AckMode, Confirm, Draft, RESERVED_HEADERS, ReplayFrom};
 use crate::out::{CLOSE_FLUSH_TIMEOUT, Out};
-use crate::room::room_of;
+use crate::room::{NotARoom, send_room, subscribe_room};
 use crate::stomp::frame::{Command, Escaping, Frame, Version, escape_into};
 use crate::ws::framing::CloseCode;
 use error::SUPPORTED_VERSIONS;
@@ -390,7 +390,7 @@ impl Session {
             .header("destination")
             .ok_or_else(|| StompError::missing("destination", f.command))?;
         let room =
-            room_of(dest, prefixes).ok_or_else(|| StompError::bad_destination(dest, prefixes))?;
+            send_room(dest, prefixes).ok_or_else(|| StompError::bad_destination(dest, prefixes))?;
         let mut headers: Vec<(Box<str>, Box<str>)> = Vec::new();
         for (k, v) in &f.headers {
             if RESERVED_HEADERS.contains(&k.as_ref()) || headers.iter().any(|(n, _)| **n == **k) {
@@ -416,8 +416,12 @@ impl Session {
             .header("destination")
             .ok_or_else(|| StompError::missing("destination", f.command))?;
         let prefixes = &broker.limits().prefixes;
-        let room =
-            room_of(dest, prefixes).ok_or_else(|| StompError::bad_destination(dest, prefixes))?;
+        let room = match subscribe_room(dest, prefixes, &self.user) {
+            Ok(room) => room,
+            Err(NotARoom::Invalid) => return Err(StompError::bad_destination(dest, prefixes)),
+            Err(NotARoom::OtherUser) => return Err(StompError::other_users_destination(dest)),
+        };
+        let room = &*room;
         let id = match f.header("id") {
             Some(id) => id,
             // STOMP 1.0 makes `id` optional; the destination then names it.
@@ -502,8 +506,10 @@ impl Session {
                 let dest = f
                     .header("destination")
                     .ok_or_else(|| StompError::missing("id", f.command))?;
-                let room = room_of(dest, &broker.limits().prefixes);
-                self.subs.iter().position(|s| Some(&*s.room) == room)
+                let room = subscribe_room(dest, &broker.limits().prefixes, &self.user).ok();
+                self.subs
+                    .iter()
+                    .position(|s| Some(&*s.room) == room.as_deref())
             }
             (None, _) => return Err(StompError::missing("id", f.command)),
         };

@@ -305,7 +305,7 @@ fn subscribed(
     }
 }
 
-const BAD_DESTINATION: &str = "destinations are /topic/<name> or /queue/<name> with a name of 1-128 characters from A-Z a-z 0-9 _ . ~ -; got";
+const BAD_DESTINATION: &str = "destinations are /topic/<name> or /queue/<name> with a name of 1-128 characters from A-Z a-z 0-9 _ . ~ -, and user destinations (subscribe to /user/topic/<name> or /user/queue/<name>, send to /user/<user>/topic/<name>); got";
 
 fn bad_destination(dest: &str) -> String {
     error(
@@ -677,7 +677,7 @@ fn subscribe_to_a_bad_destination_is_an_error() {
     let long = format!("/topic/{}", "a".repeat(129));
     for dest in [
         "/exchange/x",
-        "/user/queue/x",
+        "/user/app/x",
         "/queue/",
         "/queue/a/b",
         "/topic/",

@@ -484,17 +484,25 @@ impl Shard {
 
     // ---- members ------------------------------------------------------------
 
+    /// Whether only members may enter `room`: `--join invite`, except a
+    /// user's own room (`/user/…`), which its user subscribes to and
+    /// anyone may send to (Spring's user destinations).
+    fn invite_only(&self, room: &str) -> bool {
+        self.invite && !crate::room::is_user_room(room)
+    }
+
     /// Owner side: let a subscription in (`--join invite`: members only;
     /// `open`: a newcomer becomes a member) and count its user present.
     fn join(&self, req: JoinReq) {
         let mut rooms = self.rooms.borrow_mut();
+        let invite = self.invite_only(&req.room);
         // `--join open` lets everyone in: no need to wait for the members.
-        if self.invite && !rooms.members_loaded(&req.room) {
+        if invite && !rooms.members_loaded(&req.room) {
             drop(rooms);
             self.durable.wait_for_members(Work::Join(req));
             return;
         }
-        let admitted = rooms.admit(&req.room, &req.user, self.invite, self.cfg.max_room_members);
+        let admitted = rooms.admit(&req.room, &req.user, invite, self.cfg.max_room_members);
         drop(rooms);
         let result = match admitted {
             Ok(new) => {
@@ -671,7 +679,9 @@ impl Shard {
     /// goes now).
     fn sequence(&self, draft: Draft, origin: Origin, confirm: Option<Confirm>) {
         let mut rooms = self.rooms.borrow_mut();
-        if self.invite && rooms.is_member(&draft.room, &draft.sender) == Some(false) {
+        if self.invite_only(&draft.room)
+            && rooms.is_member(&draft.room, &draft.sender) == Some(false)
+        {
             drop(rooms);
             let (shard, conn) = origin.split(self.id);
             let receipt = match confirm {
@@ -767,7 +777,7 @@ impl Shard {
             self.durable.wait_for_room(Work::Replay(req));
             return;
         };
-        if self.invite && rooms.is_member(&req.room, &req.user) != Some(true) {
+        if self.invite_only(&req.room) && rooms.is_member(&req.room, &req.user) != Some(true) {
             // Refused (or removed since): an empty replay, so the
             // subscription's hold ends; the refusal or eviction follows.
             upto = 0;
@@ -785,9 +795,12 @@ impl Shard {
         let works = self.durable.room_loaded(room);
         match result {
             Ok(loaded) => {
-                self.rooms
-                    .borrow_mut()
-                    .loaded(room, loaded.seqs, loaded.members, self.invite);
+                self.rooms.borrow_mut().loaded(
+                    room,
+                    loaded.seqs,
+                    loaded.members,
+                    self.invite_only(room),
+                );
                 for w in works {
                     self.run_one(w);
                 }

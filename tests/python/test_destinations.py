@@ -76,7 +76,7 @@ def test_a_queue_room_has_history_and_replay(server_factory):
     ("/exchange/x", "destinations are /topic/<name> or /queue/<name>"),
     ("/queue/", "destinations are /topic/<name> or /queue/<name>"),
     ("/queue/a/b", "destinations are /topic/<name> or /queue/<name>"),
-    ("/user/bob/queue/x", "destinations are /topic/<name> or /queue/<name>"),
+    ("/user/app/x", "user destinations (subscribe to /user/topic/<name> or /user/queue/<name>"),
 ])
 @pytest.mark.parametrize("command", ["SEND", "SUBSCRIBE"])
 def test_other_destinations_get_an_error_naming_the_prefixes(server, dest, why, command):
@@ -114,3 +114,71 @@ def test_bad_prefixes_stop_the_server_with_a_reason(tmp_path, bad):
                        capture_output=True, text=True, timeout=30)
     assert p.returncode != 0
     assert "prefix" in p.stderr, p.stderr
+
+
+def bobs_on_two_shards(srv, transport="tcp"):
+    """Two sessions of bob on different shards (SO_REUSEPORT places them)."""
+    found = {}
+    for _ in range(40):
+        c = srv.connected(transport, login="bob")
+        found.setdefault(c.shard, c)
+        if len(found) == 2:
+            return list(found.values())
+    pytest.fail("could not land bob on two shards")
+
+
+@pytest.mark.parametrize("join", ["open", "invite"])
+def test_direct_messages_reach_every_session_of_the_user_and_only_them(server_factory, join):
+    srv = server_factory("--shards", "2", "--join", join)
+    name = uid("dm")
+    bob1, bob2 = bobs_on_two_shards(srv)
+    for b in (bob1, bob2):
+        b.subscribe(f"/user/queue/{name}", id="dm")
+    alice = srv.connected("tcp", login="alice")
+    alice.subscribe(f"/user/queue/{name}", id="dm")
+    carol = srv.connected("ws", login="carol")
+    carol.send(f"/user/bob/queue/{name}", "psst", receipt=True)
+    for b in (bob1, bob2):
+        m = b.expect_message()
+        assert (m.body, m.get("destination"), m.get("x-sender")) == (b"psst", f"/user/queue/{name}", "carol")
+        assert m.get("subscription") == "dm"
+    alice.assert_silent(0.3, "alice's own /user/queue/ gets nothing sent to bob")
+    carol.send(f"/user/alice/queue/{name}", "for alice", receipt=True)
+    assert alice.expect_message().body == b"for alice"
+    bob1.assert_silent(0.2, "bob gets nothing sent to alice")
+
+
+def test_nobody_subscribes_to_another_users_destination(server):
+    bob = server.connected("tcp", login="bob")
+    bob.send_frame("SUBSCRIBE", [("destination", "/user/alice/queue/dm"), ("id", "x"), ("receipt", "r")])
+    err = bob.expect_error("not your destination", receipt_id="r")
+    assert "/user/alice/queue/dm" in err.body.decode()
+    # Not even his own by name: /user/queue/<name> is how a user subscribes.
+    bob2 = server.connected("tcp", login="bob")
+    bob2.send_frame("SUBSCRIBE", [("destination", "/user/bob/queue/dm"), ("id", "x"), ("receipt", "r")])
+    bob2.expect_error("not your destination", receipt_id="r")
+
+
+def test_a_user_catches_up_on_missed_direct_messages(server_factory):
+    srv = server_factory("--shards", "2")
+    name = uid("dm")
+    bob = srv.connected("tcp", login="bob")
+    bob.subscribe(f"/user/queue/{name}", id="dm")
+    carol = srv.connected("tcp", login="carol")
+    carol.send(f"/user/bob/queue/{name}", "one", receipt=True)
+    seen = int(bob.expect_message().get("x-seq"))
+    bob.disconnect()
+    for body in ("two", "three"):
+        carol.send(f"/user/bob/queue/{name}", body, receipt=True)
+    back = srv.connected("ws", login="bob")
+    back.subscribe(f"/user/queue/{name}", id="dm", headers=[("x-since-seq", str(seen))])
+    got = back.messages(2)
+    assert [m.body for m in got] == [b"two", b"three"]
+    assert all(m.get("destination") == f"/user/queue/{name}" for m in got)
+    # bob reads his own history; nobody else may.
+    path = f"/api/rooms/user%2Fbob%2Fqueue%2F{name}/messages"
+    status, _, body = srv.http("GET", path, headers={"Authorization": "Bearer bob"})
+    assert status == 200, body
+    assert [m["body"] for m in json.loads(body)["messages"]] == ["one", "two", "three"]
+    status, _, body = srv.http("GET", path, headers={"Authorization": "Bearer carol"})
+    assert status == 403, body
