@@ -12,30 +12,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import { chromium } from 'playwright-core';
-
+import { launchBrowser } from './helpers/browser.mjs';
 import { REPO_ROOT, startServer } from './helpers/server.mjs';
-import { connectClient, deactivate, publishConfirmed, sleep, uniqueRoom, withTimeout } from './helpers/stomp.mjs';
+import { connectClient, deactivate, publishConfirmed, sleep, uniqueRoom } from './helpers/stomp.mjs';
 
 const T = { timeout: 120_000 };
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SHOTS = path.join(REPO_ROOT, 'target', 'screenshots');
 const WAIT_MS = 15_000;
-
-async function launchBrowser(t) {
-  assert.ok(
-    fs.existsSync(CHROMIUM_BIN),
-    `chromium not found at ${CHROMIUM_BIN}: the chat page tests need Debian's chromium ` +
-      '(apt-get install chromium; scripts/test.sh installs it) or CHROMIUM_BIN=/path/to/chromium',
-  );
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM_BIN,
-    args: ['--headless', '--no-sandbox', '--disable-gpu'],
-    timeout: 30_000,
-  });
-  t.after(() => withTimeout(browser.close(), 10_000, 'browser.close()').catch(() => {}));
-  return browser;
-}
 
 /** A page in its own browser context (its own storage: another person). */
 async function person(browser, viewport = { width: 1100, height: 800 }) {

@@ -9,31 +9,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import { chromium } from 'playwright-core';
-
 import { startFakeStatusServer } from './fixtures/fake-metrics.mjs';
+import { launchBrowser } from './helpers/browser.mjs';
 import { REPO_ROOT } from './helpers/server.mjs';
 import { deactivate, harness, sleep, subscribeLive, uniqueRoom, withTimeout } from './helpers/stomp.mjs';
 
 const T = { timeout: 45_000 };
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SHOTS = path.join(REPO_ROOT, 'target', 'screenshots');
 const WAIT_MS = 10_000; // any single wait on the page
-
-async function launchBrowser(t) {
-  assert.ok(
-    fs.existsSync(CHROMIUM_BIN),
-    `chromium not found at ${CHROMIUM_BIN}: the status page test needs Debian's chromium ` +
-      '(apt-get install chromium; scripts/test.sh installs it) or CHROMIUM_BIN=/path/to/chromium',
-  );
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM_BIN,
-    args: ['--headless', '--no-sandbox', '--disable-gpu'],
-    timeout: 30_000,
-  });
-  t.after(() => withTimeout(browser.close(), 10_000, 'browser.close()').catch(() => {}));
-  return browser;
-}
 
 /** A page whose console errors and uncaught exceptions are collected. */
 async function openPage(browser, viewport = { width: 1280, height: 900 }) {
