@@ -235,30 +235,36 @@ pub enum Refused {
     ConnectTimeout = 2,
     /// A malformed request or WebSocket upgrade (400, 431).
     BadRequest = 3,
+    /// A TLS handshake that failed (no protocol or suite in common, not
+    /// TLS at all, a bad record).
+    Tls = 4,
 }
 
-const REFUSALS: [&str; 4] = [
+const REFUSALS: [&str; 5] = [
     "full",
     "handshake_timeout",
     "connect_timeout",
     "bad_request",
+    "tls",
 ];
 
 /// Which refusals happen on which transport (the series written).
-const REFUSED_SERIES: [(Transport, Refused); 6] = [
+const REFUSED_SERIES: [(Transport, Refused); 8] = [
     (Transport::Http, Refused::Full),
     (Transport::Stomp, Refused::Full),
     (Transport::Http, Refused::HandshakeTimeout),
     (Transport::Http, Refused::BadRequest),
     (Transport::Ws, Refused::ConnectTimeout),
     (Transport::Stomp, Refused::ConnectTimeout),
+    (Transport::Http, Refused::Tls),
+    (Transport::Stomp, Refused::Tls),
 ];
 
 /// One shard's counters (thread-local: see the module doc).
 #[derive(Debug)]
 pub struct Local {
     pub accepted: [Counter; 3],
-    refused: [[Counter; 4]; 3],
+    refused: [[Counter; 5]; 3],
     pub frames_in: Counter,
     pub frames_out: Counter,
     pub bytes_in: Counter,
@@ -296,7 +302,7 @@ impl Local {
     const fn new() -> Local {
         Local {
             accepted: [const { Counter::new() }; 3],
-            refused: [const { [const { Counter::new() }; 4] }; 3],
+            refused: [const { [const { Counter::new() }; 5] }; 3],
             frames_in: Counter::new(),
             frames_out: Counter::new(),
             bytes_in: Counter::new(),
@@ -407,7 +413,7 @@ pub struct Gauges {
 pub struct ShardSnapshot {
     pub shard: usize,
     pub accepted: [u64; 3],
-    pub refused: [[u64; 4]; 3],
+    pub refused: [[u64; 5]; 3],
     pub frames_in: u64,
     pub frames_out: u64,
     pub bytes_in: u64,

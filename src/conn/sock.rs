@@ -120,6 +120,11 @@ impl Sock {
         Ok(taken)
     }
 
+    /// A TLS connection whose handshake has not finished.
+    pub fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.0.is_handshaking())
+    }
+
     /// TLS records made but not yet taken by the socket.
     pub fn has_backlog(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.0.wants_write())
