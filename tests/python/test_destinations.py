@@ -182,3 +182,25 @@ def test_a_user_catches_up_on_missed_direct_messages(server_factory):
     assert [m["body"] for m in json.loads(body)["messages"]] == ["one", "two", "three"]
     status, _, body = srv.http("GET", path, headers={"Authorization": "Bearer carol"})
     assert status == 403, body
+
+
+@pytest.mark.parametrize("dest", [
+    "/queue/" + "q" * 129,           # a name over 128 characters
+    "/user/queue/" + "q" * 129,
+    "/queue/caf\u00e9",               # outside A-Z a-z 0-9 _ . ~ -
+    "/user/queue/a:b",
+])
+def test_queue_and_user_names_are_validated_like_rooms(server, dest):
+    c = server.connected("tcp", login="bob")
+    c.send_frame("SUBSCRIBE", [("destination", dest), ("id", "s"), ("receipt", "r")])
+    c.expect_error("invalid destination", receipt_id="r")
+
+
+def test_the_subscription_limit_counts_queue_and_user_destinations(server_factory):
+    srv = server_factory("--max-subscriptions", "3")
+    c = srv.connected("tcp", login="bob")
+    c.subscribe("/topic/a", id="1")
+    c.subscribe("/queue/a", id="2")
+    c.subscribe("/user/queue/a", id="3")
+    c.send_frame("SUBSCRIBE", [("destination", "/user/topic/b"), ("id", "4"), ("receipt", "r")])
+    c.expect_error("too many subscriptions", receipt_id="r")
