@@ -264,7 +264,7 @@ const REFUSED_SERIES: [(Transport, Refused); 8] = [
 #[derive(Debug)]
 pub struct Local {
     pub accepted: [Counter; 3],
-    refused: [[Counter; 5]; 3],
+    refused: [[Counter; REFUSALS.len()]; 3],
     pub frames_in: Counter,
     pub frames_out: Counter,
     pub bytes_in: Counter,
@@ -302,7 +302,7 @@ impl Local {
     const fn new() -> Local {
         Local {
             accepted: [const { Counter::new() }; 3],
-            refused: [const { [const { Counter::new() }; 5] }; 3],
+            refused: [const { [const { Counter::new() }; REFUSALS.len()] }; 3],
             frames_in: Counter::new(),
             frames_out: Counter::new(),
             bytes_in: Counter::new(),
@@ -413,7 +413,7 @@ pub struct Gauges {
 pub struct ShardSnapshot {
     pub shard: usize,
     pub accepted: [u64; 3],
-    pub refused: [[u64; 5]; 3],
+    pub refused: [[u64; REFUSALS.len()]; 3],
     pub frames_in: u64,
     pub frames_out: u64,
     pub bytes_in: u64,

@@ -139,10 +139,7 @@ pub fn valid_room_key(room: &str, prefixes: &Prefixes) -> bool {
     match room.split_once('/') {
         None => prefixes.contains(TOPIC_PREFIX) && valid_room(room),
         Some((p, name)) => {
-            valid_room(name)
-                && prefixes
-                    .iter()
-                    .any(|x| x != TOPIC_PREFIX && x.len() == p.len() + 2 && x[1..].starts_with(p))
+            valid_room(name) && TOPIC_PREFIX.trim_matches('/') != p && is_prefix_name(p, prefixes)
         }
     }
 }

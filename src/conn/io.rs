@@ -113,10 +113,7 @@ pub(super) fn poll(c: &mut Conn, cx: &mut Context<'_>) -> Poll<Ev> {
             Poll::Ready(Err(e)) => {
                 debug!("read: {e}");
                 if sock.tls_handshaking() {
-                    let transport = match c.phase {
-                        Phase::Stomp => crate::metrics::Transport::Stomp,
-                        _ => crate::metrics::Transport::Http,
-                    };
+                    let transport = c.phase.transport();
                     crate::metrics::local(|m| m.refused(transport, crate::metrics::Refused::Tls));
                 }
                 Poll::Ready(Ev::Done)

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub(crate) use io::{READ_PAUSE_OUTBOUND, SCRATCH_SIZE, with_scratch};
 pub(crate) use sock::{Sock, TlsSession};
 
+use crate::metrics::Transport;
 use crate::out::Out;
 use crate::rate::{Gcra, RateLimit};
 use crate::session::Session;
@@ -45,6 +46,17 @@ pub(crate) enum Phase {
     Ws,
     /// Plain STOMP over TCP.
     Stomp,
+}
+
+impl Phase {
+    /// The transport the metrics count a connection in this phase under.
+    pub fn transport(self) -> Transport {
+        match self {
+            Phase::Http | Phase::HttpWait => Transport::Http,
+            Phase::Ws => Transport::Ws,
+            Phase::Stomp => Transport::Stomp,
+        }
+    }
 }
 
 /// What the connection's task waits for next.

@@ -148,8 +148,7 @@ impl Sock {
             }
         }
         if std::mem::take(&mut self.shut_after_drain) {
-            // SAFETY: our open socket.
-            unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
+            self.shut_wr();
         }
         Poll::Ready(Ok(()))
     }
@@ -159,16 +158,19 @@ impl Sock {
     /// take it at once it is backlog, and the shutdown follows once
     /// [`Sock::poll_drain`] has sent it.
     pub fn shutdown_write(&mut self) {
-        let fd = self.stream.as_raw_fd();
         if let Some(TlsSession(tls)) = &mut self.tls {
             tls.send_close_notify();
-            if drain_now(tls, fd).is_err() && tls.wants_write() {
+            if drain_now(tls, self.stream.as_raw_fd()).is_err() && tls.wants_write() {
                 self.shut_after_drain = true;
                 return;
             }
         }
+        self.shut_wr();
+    }
+
+    fn shut_wr(&self) {
         // SAFETY: our open socket.
-        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
     }
 
     /// A second, close-on-exec fd for the same socket, to hand to another
@@ -188,8 +190,7 @@ impl Sock {
     /// A TLS client that has not finished its handshake cannot read an
     /// answer: it sees the close.
     pub fn refuse(mut self, answer: &[u8]) {
-        let ready = self.tls.as_ref().is_none_or(|t| !t.0.is_handshaking());
-        if ready {
+        if !self.tls_handshaking() {
             let _ = self.send_now(answer);
         }
     }

@@ -615,7 +615,11 @@ impl Shard {
 
     /// Owner side of `GET /api/rooms/{room}/online`.
     fn online(&self, req: OnlineReq) {
-        let online = self.rooms.borrow().online(&req.room, req.user.as_deref());
+        let online = self.rooms.borrow().online(
+            &req.room,
+            req.user.as_deref(),
+            crate::api::MAX_ONLINE_LISTED,
+        );
         self.durable.answer_http(
             req.shard,
             req.conn,
@@ -1077,12 +1081,7 @@ impl Shard {
     fn snapshot(&self) -> ShardSnapshot {
         let mut g = Gauges::default();
         self.conns.for_each(|_, c| {
-            let t = match c.phase() {
-                Phase::Http | Phase::HttpWait => crate::metrics::Transport::Http,
-                Phase::Ws => crate::metrics::Transport::Ws,
-                Phase::Stomp => crate::metrics::Transport::Stomp,
-            };
-            g.connections[t as usize] += 1;
+            g.connections[c.phase().transport() as usize] += 1;
             g.sessions += u64::from(c.session().is_connected());
         });
         {

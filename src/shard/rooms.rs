@@ -327,8 +327,10 @@ impl Rooms {
     /// (always so under `--join invite`) and `user` is neither one of them
     /// nor online there. Under `--join open` anyone may become a member by
     /// subscribing, so anyone may ask. A room not loaded here has nobody
-    /// online.
-    pub fn online(&self, room: &str, user: Option<&str>) -> Option<Vec<Box<str>>> {
+    /// online. At most `max + 1` users, the first in name order (the
+    /// answer shows `max` and says there are more), so a large room costs
+    /// a walk and a list of references, not a copy of every name.
+    pub fn online(&self, room: &str, user: Option<&str>, max: usize) -> Option<Vec<Box<str>>> {
         let Some(m) = self.owned.get(room).and_then(|o| o.members.as_ref()) else {
             return Some(Vec::new());
         };
@@ -339,7 +341,12 @@ impl Rooms {
         {
             return None;
         }
-        Some(m.online.keys().cloned().collect())
+        let mut users: Vec<&Box<str>> = m.online.keys().collect();
+        if users.len() > max + 1 {
+            users.select_nth_unstable(max);
+            users.truncate(max + 1);
+        }
+        Some(users.into_iter().cloned().collect())
     }
 
     /// The members of `room` with no live subscription (`None`: nobody,
@@ -738,6 +745,23 @@ mod tests {
         );
         assert_eq!(r.last_given("a"), Some(41));
         assert!(matches!(r.sequence("a"), Seq::Given(42, _, None)));
+    }
+
+    #[test]
+    fn the_online_list_holds_the_first_names_and_one_more() {
+        let mut r = Rooms::new(0, 1, true, LIMITS, IDLE, 100);
+        for u in ["e", "c", "a", "d", "b"] {
+            r.admit("room", u, false, 100).unwrap();
+        }
+        let mut few = r.online("room", None, 2).unwrap();
+        few.sort_unstable();
+        assert_eq!(few, ["a".into(), "b".into(), "c".into()] as [Box<str>; 3]);
+        assert_eq!(
+            r.online("room", Some("z"), 10).unwrap().len(),
+            5,
+            "open: anyone asks"
+        );
+        assert_eq!(r.online("nowhere", None, 10).unwrap().len(), 0);
     }
 
     #[test]

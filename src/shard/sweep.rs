@@ -88,11 +88,7 @@ fn check(c: &mut Conn, now: Instant, tick: Duration, connect_timeout: Duration) 
             c.wake();
             return false;
         }
-        let transport = if c.phase() == Phase::Ws {
-            Transport::Ws
-        } else {
-            Transport::Stomp
-        };
+        let transport = c.phase().transport();
         crate::metrics::local(|m| m.refused(transport, Refused::ConnectTimeout));
         c.out_mut().error(
             "not connected: CONNECT timeout",
