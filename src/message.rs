@@ -96,7 +96,8 @@ impl Sequenced {
         b.extend_from_slice(prefix.as_bytes());
         b.extend_from_slice(rest.as_bytes());
         b.extend_from_slice(b"\nmessage-id:");
-        b.extend_from_slice(d.room.as_bytes());
+        // A user room's key holds the user id, which may hold `:` or `\\`.
+        escape_into(&mut b, &d.room, esc);
         b.push(b':');
         b.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
         b.extend_from_slice(b"\nx-seq:");
@@ -147,6 +148,15 @@ mod tests {
             "destination:/topic/r1\nmessage-id:r1:7\nx-seq:7\nx-sender:al\\cice\nx-timestamp:42\nk: v\\n\ncontent-length:2\n\nhi\0"
         );
         assert!(e.utf8);
+        // A user room names its user in the message-id, escaped like any
+        // value; the destination is the one subscribed to.
+        let mut dm = m.clone();
+        dm.draft.room = "user/a:b\\c/queue/dm".into();
+        let text = String::from_utf8(dm.encode(Version::V12).bytes).unwrap();
+        assert!(
+            text.starts_with("destination:/user/queue/dm\nmessage-id:user/a\\cb\\\\c/queue/dm:7\n"),
+            "{text}"
+        );
         let mut bin = m.clone();
         bin.draft.body = vec![0xff, 0].into();
         assert!(!bin.encode(Version::V11).utf8);
