@@ -21,7 +21,7 @@ fn run(durability: Durability, max_batch: usize) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let conn = open(&dir, durability).expect("open store");
-    let (tx, handle) = spawn(conn, 65_536, max_batch, |c: Committed<u64>| {
+    let (tx, handle) = spawn(conn, 65_536, max_batch, false, |c: Committed<u64>| {
         assert!(c.error.is_none(), "{:?}", c.error);
     })
     .expect("writer thread");

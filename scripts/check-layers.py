@@ -36,7 +36,7 @@ LAYERS = [
     (1, ["config", "clock", "stomp", "ws", "http", "rate", "metrics",
          "capacity", "tls"]),                                # foundations
     (2, ["message", "room", "auth"]),                 # message types, who a client is
-    (3, ["store", "index", "out", "push"]),           # parts that hold messages
+    (3, ["store", "index", "out", "push", "cluster"]),  # parts that hold messages; Redis
     (4, ["session", "api"]),                          # protocol logic
     (5, ["conn"]),                                    # a connection
     (6, ["shard"]),                                   # one pinned executor
@@ -51,8 +51,9 @@ SAME_LAYER_ALLOWED = {
     # nothing of the crate.
     # layer 2: message, room and auth do not name each other.
     # layer 3: store, index, out do not name each other; push reads the
-    # devices from the store.
-    "push": {"store"},
+    # devices from the store and, in cluster mode, who is online on other
+    # nodes from the cluster's presence.
+    "push": {"store", "cluster"},
     # layer 4: session and api do not name each other.
     # layer 7: server starts the scrape thread.
     "server": {"scrape"},

@@ -212,6 +212,66 @@ impl std::fmt::Display for Prefixes {
     }
 }
 
+/// `--cluster`: the Redis instances that join nodes into one cluster
+/// (`redis://HOST:PORT[/DB]`, comma-separated; `off`: a single node).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cluster(pub Vec<Box<str>>);
+
+impl Cluster {
+    pub fn on(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+impl FromStr for Cluster {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "off" {
+            return Ok(Cluster::default());
+        }
+        let mut out: Vec<Box<str>> = Vec::new();
+        for url in s.split(',').map(str::trim) {
+            let rest = url
+                .strip_prefix("redis://")
+                .ok_or_else(|| format!("cluster address `{url}` is not redis://HOST:PORT"))?;
+            let hostport = rest.split('/').next().unwrap_or("");
+            let ok = hostport
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok || rest.contains('@') {
+                return Err(format!(
+                    "cluster address `{url}` is not redis://HOST:PORT[/DB] (a password goes in STAMPEDE_CLUSTER_PASSWORD)"
+                ));
+            }
+            if out.iter().any(|o| **o == *url) {
+                return Err(format!("cluster address `{url}` is given twice"));
+            }
+            out.push(url.into());
+        }
+        if out.len() > 64 {
+            return Err("at most 64 Redis instances in --cluster".into());
+        }
+        Ok(Cluster(out))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cluster {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("off");
+        }
+        f.write_str(&self.0.join(","))
+    }
+}
+
 /// Declares the settings: the clap parser (`Cli`), the TOML file shape
 /// (`FileConfig`) and the resolved `Config`, from one list.
 macro_rules! settings {
@@ -341,6 +401,29 @@ settings! {
     /// message (no competing consumers). Anything else (e.g. Spring's
     /// `/app/`) is refused with an ERROR naming these.
     destination_prefixes: Prefixes = Prefixes::default(), env "STAMPEDE_DESTINATION_PREFIXES", default_help "/topic/,/queue/";
+    /// Join other nodes through Redis (`redis://HOST:PORT[/DB]`, several
+    /// comma-separated to spread rooms over instances by hash): every
+    /// node's members of a room see one order (Redis sequences each room),
+    /// resume on any node, and are pushed only when away from all nodes.
+    /// `off`: a single node, with no Redis on any path.
+    cluster: Cluster = Cluster::default(), env "STAMPEDE_CLUSTER", default_help "off";
+    /// This node's name in the cluster (in presence entries and logs);
+    /// empty: the listen address and a random suffix.
+    cluster_node: String = String::new(), env "STAMPEDE_CLUSTER_NODE", default_help "(listen address + random)";
+    /// Messages each room keeps in its Redis stream, for gap repair and
+    /// for resuming on a node that was not watching the room (trimmed
+    /// approximately: `XADD MAXLEN ~`). Older ones are in the stores of
+    /// the nodes that saw them.
+    cluster_stream_len: usize = 1_000, env "STAMPEDE_CLUSTER_STREAM_LEN", default_help "1000";
+    /// Seconds a room's stream lives after its last message.
+    cluster_stream_ttl_s: u64 = 86_400, env "STAMPEDE_CLUSTER_STREAM_TTL_S", default_help "86400";
+    /// Publishes waiting for one Redis instance (per instance); when full
+    /// the owner holds further ones in order and stops reading its clients.
+    cluster_queue: usize = 16_384, env "STAMPEDE_CLUSTER_QUEUE", default_help "16384";
+    /// Seconds a node's presence entries live in Redis without a refresh
+    /// (refreshed every third of it): how long a crashed node's users still
+    /// count as online, keeping pushes from them.
+    cluster_presence_ttl_s: u64 = 30, env "STAMPEDE_CLUSTER_PRESENCE_TTL_S", default_help "30";
     /// HTTP and WebSocket listener (STOMP endpoint path `/ws`).
     listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(), env "STAMPEDE_LISTEN", default_help "127.0.0.1:8080";
     /// Plain STOMP-over-TCP listener, or `off`.
@@ -622,6 +705,31 @@ impl Config {
             return Err(
                 "--join invite needs the store for its members: drop --persist false".to_string(),
             );
+        }
+        if self.cluster.on() {
+            if !self.persist {
+                return Err("--cluster needs the store (receipts follow the local commit; resume reads it): drop --persist false".to_string());
+            }
+            at_least(self.cluster_stream_len, 16, "cluster_stream_len")?;
+            at_least(self.cluster_queue, 16, "cluster_queue")?;
+            at_least(
+                self.cluster_presence_ttl_s as usize,
+                3,
+                "cluster_presence_ttl_s",
+            )?;
+            at_least(
+                self.cluster_stream_ttl_s as usize,
+                60,
+                "cluster_stream_ttl_s",
+            )?;
+            if self.cluster_node.len() > 64
+                || self
+                    .cluster_node
+                    .bytes()
+                    .any(|b| !(b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+            {
+                return Err("--cluster-node is 1-64 characters from A-Z a-z 0-9 . _ -".to_string());
+            }
         }
         let admin = self.admin_token.expose().len();
         if admin > 0 && admin < MIN_ADMIN_TOKEN {

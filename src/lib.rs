@@ -49,6 +49,7 @@ mod api;
 mod auth;
 pub mod capacity;
 mod clock;
+mod cluster;
 pub mod config;
 mod conn;
 #[doc(hidden)]

@@ -279,6 +279,14 @@ pub struct Local {
     pub heartbeat_timeouts: Counter,
     /// History API reads refused because the reader pool was full.
     pub reads_busy: Counter,
+    /// Cluster mode: messages delivered here from their room's channel.
+    pub cluster_received: Counter,
+    /// Cluster mode: gaps in a room's channel repaired from its stream.
+    pub cluster_gaps: Counter,
+    /// Cluster mode: messages the stream no longer had for a gap.
+    pub cluster_lost: Counter,
+    /// Cluster mode: rooms whose epoch changed (Redis lost their state).
+    pub cluster_epoch_changes: Counter,
     /// Owner sequencing → the shard's flush that sent the delivery.
     pub publish_delivery: LatencyHistogram,
     /// A SEND read → its RECEIPT written.
@@ -313,6 +321,10 @@ impl Local {
             slow_consumers: Counter::new(),
             heartbeat_timeouts: Counter::new(),
             reads_busy: Counter::new(),
+            cluster_received: Counter::new(),
+            cluster_gaps: Counter::new(),
+            cluster_lost: Counter::new(),
+            cluster_epoch_changes: Counter::new(),
             publish_delivery: LatencyHistogram::new(),
             send_receipt: LatencyHistogram::new(),
             errors: RefCell::new(Vec::new()),
@@ -386,6 +398,10 @@ impl Local {
             slow_consumers: self.slow_consumers.get(),
             heartbeat_timeouts: self.heartbeat_timeouts.get(),
             reads_busy: self.reads_busy.get(),
+            cluster_received: self.cluster_received.get(),
+            cluster_gaps: self.cluster_gaps.get(),
+            cluster_lost: self.cluster_lost.get(),
+            cluster_epoch_changes: self.cluster_epoch_changes.get(),
             publish_delivery: self.publish_delivery.snapshot(),
             send_receipt: self.send_receipt.snapshot(),
             errors: self.errors.borrow().clone(),
@@ -406,6 +422,8 @@ pub struct Gauges {
     /// Messages waiting in this shard's outboxes towards its peers.
     pub mesh_queued: u64,
     pub paused_readers: u64,
+    /// Cluster mode: rooms whose channel this shard receives (as owner).
+    pub rooms_watched: u64,
 }
 
 /// One shard's counters and gauges at one moment (sent to the scrape).
@@ -424,6 +442,10 @@ pub struct ShardSnapshot {
     pub slow_consumers: u64,
     pub heartbeat_timeouts: u64,
     pub reads_busy: u64,
+    pub cluster_received: u64,
+    pub cluster_gaps: u64,
+    pub cluster_lost: u64,
+    pub cluster_epoch_changes: u64,
     pub publish_delivery: Histogram,
     pub send_receipt: Histogram,
     pub errors: Vec<(Box<str>, u64)>,
@@ -655,6 +677,36 @@ const SCALARS_B: &[Scalar] = &[
         "counter",
         "History API requests answered 503 because the reader pool's queue was full.",
         |s| s.reads_busy,
+    ),
+    (
+        "stampede_cluster_rooms_watched",
+        "gauge",
+        "Cluster mode: rooms whose Redis channel this node receives, by owner shard.",
+        |s| s.gauges.rooms_watched,
+    ),
+    (
+        "stampede_cluster_received_total",
+        "counter",
+        "Cluster mode: messages delivered from their room's Redis channel (or stream, for a gap).",
+        |s| s.cluster_received,
+    ),
+    (
+        "stampede_cluster_gaps_total",
+        "counter",
+        "Cluster mode: gaps in a room's channel read back from its Redis stream.",
+        |s| s.cluster_gaps,
+    ),
+    (
+        "stampede_cluster_lost_total",
+        "counter",
+        "Cluster mode: messages of a gap the Redis stream no longer had (skipped; they are in the stores of the nodes that saw them).",
+        |s| s.cluster_lost,
+    ),
+    (
+        "stampede_cluster_epoch_changes_total",
+        "counter",
+        "Cluster mode: rooms whose state Redis lost (a new epoch).",
+        |s| s.cluster_epoch_changes,
     ),
 ];
 

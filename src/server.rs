@@ -316,7 +316,13 @@ fn start_store(
             }
         }
     };
-    let (writer, _join) = writer::spawn(conn, cfg.persist_queue, cfg.persist_batch, on_commit)?;
+    let (writer, _join) = writer::spawn(
+        conn,
+        cfg.persist_queue,
+        cfg.persist_batch,
+        cfg.cluster.on(),
+        on_commit,
+    )?;
     let pool = Pool::start(&cfg.data_dir, cfg.read_threads, cfg.read_queue)?;
     let finish_on_writer = {
         let writer = writer.clone();
@@ -359,6 +365,7 @@ fn start_store(
 fn start_push(
     cfg: &Config,
     writer: crossbeam_channel::Sender<crate::shard::WriterItem>,
+    cluster: Option<Arc<crate::cluster::Settings>>,
 ) -> Result<Option<PushLink>, StartError> {
     if !cfg.push_enabled() {
         return Ok(None);
@@ -400,8 +407,49 @@ fn start_push(
         cfg.push_queue,
         &cfg.data_dir,
         delete,
+        cluster,
     )?;
     tracing::info!(threads = cfg.push_threads, endpoint = %cfg.fcm_endpoint, "push notifications on");
+    Ok(Some(link))
+}
+
+/// Start the Redis threads of cluster mode (`--cluster`), which answer
+/// the shards through their inboxes.
+fn start_cluster(
+    cfg: &Config,
+    handles: &Arc<[ShardHandle]>,
+) -> Result<Option<crate::shard::ClusterLink>, StartError> {
+    if !cfg.cluster.on() {
+        return Ok(None);
+    }
+    let node: Box<str> = if cfg.cluster_node.is_empty() {
+        format!(
+            "{}-{:04x}",
+            cfg.listen.to_string().replace([':', '[', ']'], "_"),
+            fastrand::u16(..)
+        )
+        .into()
+    } else {
+        cfg.cluster_node.as_str().into()
+    };
+    let settings = crate::cluster::Settings {
+        urls: cfg.cluster.0.clone(),
+        node,
+        shards: cfg.shards,
+        stream_len: cfg.cluster_stream_len,
+        stream_ttl_s: cfg.cluster_stream_ttl_s,
+        queue: cfg.cluster_queue,
+        presence_ttl_s: cfg.cluster_presence_ttl_s,
+    };
+    tracing::info!(
+        node = &*settings.node,
+        redis = %cfg.cluster,
+        "cluster mode: Redis sequences the rooms"
+    );
+    let handles = handles.clone();
+    let link = crate::cluster::start(settings, move |shard, ev| {
+        handles[shard].send(External::Cluster(ev))
+    })?;
     Ok(Some(link))
 }
 
@@ -430,6 +478,7 @@ pub fn start(
             }
         })
         .collect();
+    let cluster = start_cluster(cfg, &shard_handles)?;
     let push_cell = Arc::new(std::sync::OnceLock::new());
     let (store, counters) = if cfg.persist {
         let (link, counters) = start_store(cfg, &shard_handles, push_cell.clone())?;
@@ -440,7 +489,11 @@ pub fn start(
     // After the store (the push threads read its devices); before any
     // shard, so no commit misses it.
     let push = match &store {
-        Some(link) => start_push(cfg, link.writer.clone())?,
+        Some(link) => start_push(
+            cfg,
+            link.writer.clone(),
+            cluster.as_ref().map(|c| c.shared_settings()),
+        )?,
         None => None,
     };
     let push_stats = push.as_ref().map(|p| p.stats().clone());
@@ -491,6 +544,7 @@ pub fn start(
             ready: ready.clone(),
             scrape: scrape_tx.clone(),
             tls: tls.clone(),
+            cluster: cluster.clone(),
         };
         let listeners = ShardListeners {
             http,

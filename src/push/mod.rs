@@ -153,6 +153,7 @@ pub(crate) fn start(
     queue: usize,
     dir: &Path,
     delete: DeleteDevice,
+    cluster: Option<Arc<crate::cluster::Settings>>,
 ) -> Result<PushLink, StoreError> {
     let (tx, rx) = bounded::<Task>(queue.max(1));
     let stats = Arc::new(PushStats::default());
@@ -165,6 +166,7 @@ pub(crate) fn start(
             stats: stats.clone(),
             fcm: fcm.clone(),
             delete: delete.clone(),
+            presence: cluster.clone().map(crate::cluster::Presence::new),
         };
         std::thread::Builder::new()
             .name(format!("stampede-push-{i}"))
@@ -201,10 +203,12 @@ struct Worker {
     stats: Arc<PushStats>,
     fcm: Arc<fcm::Fcm>,
     delete: DeleteDevice,
+    /// Cluster mode: who is online on any node (they get no push).
+    presence: Option<crate::cluster::Presence>,
 }
 
 impl Worker {
-    fn run(self, db: &rusqlite::Connection) {
+    fn run(mut self, db: &rusqlite::Connection) {
         // The queue's other senders are the shards' links and the other
         // workers: it ends when the server drops its links and every
         // worker is idle, i.e. with the process.
@@ -217,9 +221,28 @@ impl Worker {
         }
     }
 
-    fn expand(&self, db: &rusqlite::Connection, job: Box<PushJob>) {
+    fn expand(&mut self, db: &rusqlite::Connection, job: Box<PushJob>) {
         let msg: Arc<PushJob> = Arc::from(job);
-        for user in msg.away.iter().filter(|u| **u != msg.sender) {
+        // Cluster mode: away from this node may be online on another.
+        let elsewhere = match &mut self.presence {
+            None => Default::default(),
+            Some(p) => match p.online(&msg.room) {
+                Ok(set) => set,
+                Err(e) => {
+                    tracing::warn!(
+                        room = &*msg.room,
+                        "cannot read presence from Redis ({e}); no push for this message"
+                    );
+                    PushStats::add(&self.stats.dropped, 1);
+                    return;
+                }
+            },
+        };
+        for user in msg
+            .away
+            .iter()
+            .filter(|u| **u != msg.sender && !elsewhere.contains(*u))
+        {
             let tokens = match crate::store::members::list_devices(db, user, usize::MAX >> 1) {
                 Ok(t) => t,
                 Err(e) => {

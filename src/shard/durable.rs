@@ -50,7 +50,7 @@ struct StalledReplay {
 
 /// Where a replay's first page starts.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Start {
+pub(crate) enum Start {
     /// After this seq (`x-since-seq`, and every later page).
     After(u64),
     /// At the newest `k` stored messages up to the replay's end

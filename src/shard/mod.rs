@@ -24,6 +24,7 @@
 //! borrow ends. Remote effects go straight to the per-peer outbox, whose
 //! order is the order of the session's frames.
 
+mod cluster;
 mod conns;
 mod durable;
 mod lifecycle;
@@ -57,6 +58,7 @@ use crate::session::{Broker, NewSub, Session, SessionLimits, Subscribed};
 use crate::stomp::frame::Limits;
 use crate::store::{Page, StoreError};
 use crate::ws::framing::CloseCode;
+pub(crate) use cluster::ClusterLink;
 use conns::{ConnRef, Conns};
 use durable::{Durable, ReplayLimits, Start};
 pub(crate) use durable::{StoreLink, WriterItem};
@@ -70,7 +72,7 @@ use rooms::{Deny, FanoutLimits, Hold, PageDone, Rooms, Seq, Subscriber};
 
 /// Where a message came from, for its RECEIPT.
 #[derive(Debug, Clone, Copy)]
-enum Origin {
+pub(crate) enum Origin {
     Local(ConnToken),
     Peer(usize, ConnToken),
 }
@@ -137,6 +139,8 @@ pub(crate) struct ShardSetup {
     pub scrape: crossbeam_channel::Sender<ScrapeReq>,
     /// TLS for `--listen` and `--stomp-listen` (`--tls-cert`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The Redis threads' queues (`--cluster`).
+    pub cluster: Option<ClusterLink>,
 }
 
 pub(crate) struct Shard {
@@ -176,6 +180,8 @@ pub(crate) struct Shard {
     /// TLS for connections accepted on `--listen` and `--stomp-listen`,
     /// with this shard's own session cache; replaced on SIGHUP.
     tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
+    /// Cluster mode (`--cluster`): Redis sequences the rooms owned here.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Shard {
@@ -190,6 +196,7 @@ impl Shard {
             ready,
             scrape,
             tls,
+            cluster,
         } = setup;
         let id = mesh.id;
         let nshards = cfg.shards;
@@ -233,7 +240,12 @@ impl Shard {
                     page: cfg.replay_page,
                     max_outbound_bytes: cfg.max_outbound_bytes,
                 },
-                cfg.seq_reserve,
+                // Cluster mode: Redis gives the seqs, nothing is reserved.
+                if cluster.is_some() {
+                    0
+                } else {
+                    cfg.seq_reserve
+                },
                 cfg.max_room_members,
             ),
             life: Lifecycle::default(),
@@ -242,6 +254,7 @@ impl Shard {
             ready,
             scrape,
             tls: RefCell::new(tls.as_deref().map(crate::tls::for_shard)),
+            cluster: cluster.map(cluster::Cluster::new),
             cfg,
         }
     }
@@ -335,7 +348,9 @@ impl Shard {
     /// Whether this shard must stop reading its connections: a queue
     /// towards a peer is over its limit, or items wait for the writer.
     fn congested(&self) -> bool {
-        self.peers.congested() || self.durable.congested()
+        self.peers.congested()
+            || self.durable.congested()
+            || self.cluster.as_ref().is_some_and(|c| c.congested())
     }
 
     /// Read paused connections again once nothing holds them back.
@@ -463,6 +478,8 @@ impl Shard {
                     reply: None,
                 },
             );
+        } else if last {
+            self.cluster_check(room);
         }
     }
 
@@ -470,7 +487,7 @@ impl Shard {
     fn leave(&self, room: &str, user: &str) {
         let owner = owner_of(room, self.nshards);
         if owner == self.id {
-            self.rooms.borrow_mut().leave(room, user);
+            self.left(room, user);
         } else {
             self.peers.send(
                 owner,
@@ -479,6 +496,13 @@ impl Shard {
                     user: user.into(),
                 },
             );
+        }
+    }
+
+    /// Owner side: a subscription of `user` let in before has ended.
+    fn left(&self, room: &str, user: &str) {
+        if self.rooms.borrow_mut().leave(room, user) {
+            self.cluster_presence(room, user, false);
         }
     }
 
@@ -494,6 +518,9 @@ impl Shard {
     /// Owner side: let a subscription in (`--join invite`: members only;
     /// `open`: a newcomer becomes a member) and count its user present.
     fn join(&self, req: JoinReq) {
+        let Some(Work::Join(req)) = self.cluster_park(Work::Join(req)) else {
+            return; // waits for the room to be live in the cluster
+        };
         let mut rooms = self.rooms.borrow_mut();
         let invite = self.invite_only(&req.room);
         // `--join open` lets everyone in: no need to wait for the members.
@@ -502,8 +529,12 @@ impl Shard {
             self.durable.wait_for_members(Work::Join(req));
             return;
         }
+        let was_online = rooms.is_online(&req.room, &req.user);
         let admitted = rooms.admit(&req.room, &req.user, invite, self.cfg.max_room_members);
         drop(rooms);
+        if admitted.is_ok() && !was_online {
+            self.cluster_presence(&req.room, &req.user, true);
+        }
         let result = match admitted {
             Ok(new) => {
                 if new {
@@ -695,6 +726,18 @@ impl Shard {
             self.refuse_at(shard, conn, receipt, Refusal::NotMember(draft.room));
             return;
         }
+        if self.cluster.is_some() {
+            let Some(floor) = rooms.last_given(&draft.room) else {
+                drop(rooms);
+                return self.durable.wait_for_room(Work::Publish {
+                    draft,
+                    origin,
+                    confirm,
+                });
+            };
+            drop(rooms);
+            return self.cluster_publish(floor, draft, origin, confirm);
+        }
         let (seq, targets) = match rooms.sequence(&draft.room) {
             Seq::Given(seq, targets, reserve) => {
                 if let Some(upto) = reserve {
@@ -775,12 +818,19 @@ impl Shard {
     /// later ones reach the subscriber live) and read it once everything
     /// up to there is committed.
     fn start_replay(&self, req: ReplayReq) {
+        let Some(Work::Replay(req)) = self.cluster_park(Work::Replay(req)) else {
+            return; // waits for the room to be live in the cluster
+        };
         let mut rooms = self.rooms.borrow_mut();
         let Some(mut upto) = rooms.last_given(&req.room) else {
             drop(rooms);
             self.durable.wait_for_room(Work::Replay(req));
             return;
         };
+        // Cluster mode: the last seq delivered here from the room's channel.
+        if let Some(last) = self.cluster_last(&req.room) {
+            upto = last;
+        }
         if self.invite_only(&req.room) && rooms.is_member(&req.room, &req.user) != Some(true) {
             // Refused (or removed since): an empty replay, so the
             // subscription's hold ends; the refusal or eviction follows.
@@ -791,6 +841,9 @@ impl Shard {
             ReplayFrom::Since(n) => Start::After(n),
             ReplayFrom::Last(k) => Start::LastK(k),
         };
+        if self.cluster.is_some() && upto > 0 {
+            return self.cluster_replay(req, start, upto);
+        }
         self.durable.start_replay(req, start, upto);
     }
 
@@ -932,7 +985,7 @@ impl Shard {
         };
         let (message, detail) = why.error_text();
         let code = match why {
-            Refusal::HistoryUnavailable(_) => CloseCode::Error,
+            Refusal::HistoryUnavailable(_) | Refusal::ClusterRefused(_) => CloseCode::Error,
             Refusal::NotMember(_) | Refusal::RoomFull(_) => CloseCode::Policy,
         };
         conn.borrow_mut()
@@ -978,6 +1031,9 @@ impl Shard {
                 reply,
             } => {
                 self.rooms.borrow_mut().interest(&room, from, change);
+                if change == Interest::Remove {
+                    self.cluster_check(&room);
+                }
                 if let Some((conn, receipt)) = reply {
                     self.peers.send(from, ShardMsg::Receipt { conn, receipt });
                 }
@@ -994,7 +1050,7 @@ impl Shard {
                 result,
                 receipt,
             } => self.joined(conn, sub_n, &room, &user, result, receipt),
-            ShardMsg::Leave { room, user } => self.rooms.borrow_mut().leave(&room, &user),
+            ShardMsg::Leave { room, user } => self.left(&room, &user),
             ShardMsg::Evict { room, user } => self.evict(&room, &user),
             ShardMsg::Quiesce => self.life.peer_quiesced(),
             ShardMsg::Adopt {
@@ -1065,6 +1121,7 @@ impl Shard {
             External::Scrape { reply } => {
                 let _ = reply.try_send(self.snapshot());
             }
+            External::Cluster(ev) => self.on_cluster(ev),
             External::Tls(config) => {
                 *self.tls.borrow_mut() = Some(crate::tls::for_shard(&config));
             }
@@ -1091,6 +1148,7 @@ impl Shard {
         }
         g.mesh_queued = self.peers.queued() as u64;
         g.paused_readers = self.conns.paused_count() as u64;
+        g.rooms_watched = self.cluster.as_ref().map_or(0, |c| c.watched_count()) as u64;
         crate::metrics::local(|m| m.snapshot(self.id, g))
     }
 
@@ -1105,6 +1163,9 @@ impl Shard {
         }
         if self.durable.writer_full() {
             return Some("the writer's queue is full: publishers are paused");
+        }
+        if self.cluster.as_ref().is_some_and(|c| c.down()) {
+            return Some("a Redis instance of the cluster is unreachable");
         }
         None
     }
@@ -1123,6 +1184,9 @@ impl Shard {
     /// Once every peer said `Quiesce` (so every message they sent us is
     /// sequenced), report after the writer has committed all we gave it.
     fn check_quiesced(&self) {
+        if self.cluster.as_ref().is_some_and(|c| c.busy()) {
+            return; // publishes still wait for Redis's seqs
+        }
         if let Some(flushed) = self.life.quiesced(self.nshards - 1) {
             // Nothing more is sequenced: give back the seqs reserved
             // beyond the last given, so the rooms continue without a gap.

@@ -61,6 +61,8 @@ pub(crate) enum Refusal {
     NotMember(Box<str>),
     /// `--join open`, a newcomer, and the room has `max_room_members`.
     RoomFull(Box<str>),
+    /// Cluster mode: Redis refused to sequence the message.
+    ClusterRefused(Box<str>),
 }
 
 impl Refusal {
@@ -78,6 +80,10 @@ impl Refusal {
             Refusal::RoomFull(room) => (
                 "room full",
                 format!("room '{room}' has as many members as it may have"),
+            ),
+            Refusal::ClusterRefused(e) => (
+                "message not sent",
+                format!("the cluster's Redis refused the message: {e}"),
             ),
         }
     }
@@ -300,6 +306,8 @@ pub(crate) enum External {
     Scrape {
         reply: Sender<crate::metrics::ShardSnapshot>,
     },
+    /// From the cluster's Redis threads (`--cluster`).
+    Cluster(super::cluster::ClusterEvent),
     /// A new TLS configuration (SIGHUP): for connections accepted from now.
     Tls(Arc<rustls::ServerConfig>),
     /// Graceful shutdown, first step: stop accepting and reading, hand

@@ -284,18 +284,41 @@ impl Rooms {
         Ok(new)
     }
 
-    /// A subscription of `user` let in before has ended.
-    pub fn leave(&mut self, room: &str, user: &str) {
+    /// A subscription of `user` let in before has ended: whether that was
+    /// their last here (they are away now).
+    pub fn leave(&mut self, room: &str, user: &str) -> bool {
         let Some(m) = self.owned.get_mut(room).and_then(|o| o.members.as_mut()) else {
-            return;
+            return false;
         };
         if let Some(n) = m.online.get_mut(user) {
             *n -= 1;
             if *n == 0 {
                 m.online.remove(user);
                 m.away = None;
+                return true;
             }
         }
+        false
+    }
+
+    /// Whether `user` has a live subscription to `room` (owned here).
+    pub fn is_online(&self, room: &str, user: &str) -> bool {
+        self.owned
+            .get(room)
+            .and_then(|o| o.members.as_ref())
+            .is_some_and(|m| m.online.contains_key(user))
+    }
+
+    /// Every owned room with someone online, and who (cluster presence
+    /// refresh).
+    pub fn present(&self) -> Vec<(Box<str>, Vec<Box<str>>)> {
+        self.owned
+            .iter()
+            .filter_map(|(name, o)| {
+                let m = o.members.as_ref()?;
+                (!m.online.is_empty()).then(|| (name.clone(), m.online.keys().cloned().collect()))
+            })
+            .collect()
     }
 
     /// An API call adds (`add`) or removes `user`: whether that changed
@@ -504,6 +527,34 @@ impl Rooms {
         Seq::Given(seq, targets, reserve)
     }
 
+    /// Whether `room` (owned here) has subscribers on any shard.
+    pub fn has_subscribers(&self, room: &str) -> bool {
+        self.local.has(room)
+            || self
+                .owned
+                .get(room)
+                .is_some_and(|o| o.remote.iter().any(|&r| r))
+    }
+
+    /// The other shards with subscribers of `room` (owned here).
+    pub fn targets(&mut self, room: &str) -> Vec<usize> {
+        let me = self.id;
+        let owned = self.owned(room);
+        owned.last_active = Instant::now();
+        (0..owned.remote.len())
+            .filter(|&p| p != me && owned.remote[p])
+            .collect()
+    }
+
+    /// Cluster mode: Redis gave `seq` in `room`; the next publish passes
+    /// at least this as its floor.
+    pub fn observed(&mut self, room: &str, seq: u64) {
+        let owned = self.owned(room);
+        if let Some(next) = owned.next_seq {
+            owned.next_seq = Some(next.max(seq + 1));
+        }
+    }
+
     /// The last seq given in `room` so far (`None`: not known yet).
     pub fn last_given(&mut self, room: &str) -> Option<u64> {
         self.owned(room).next_seq.map(|n| n - 1)
@@ -535,7 +586,8 @@ impl Rooms {
         }
         let Some(seqs) = seqs else { return };
         if let Some(next) = seqs.next {
-            owned.next_seq = Some(next);
+            // Never back: in cluster mode seqs seen meanwhile count too.
+            owned.next_seq = Some(owned.next_seq.map_or(next, |n| n.max(next)));
         }
         owned.reserved = owned.reserved.max(seqs.reserved);
         owned.extending = false;

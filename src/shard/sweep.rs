@@ -55,6 +55,7 @@ pub(super) async fn sweep(shard: Rc<Shard>) {
             .borrow_mut()
             .evict_idle(now, EVICT_PER_TICK, |room| shard.durable.is_loading(room));
         shard.durable.release(freed);
+        shard.cluster_tick(now);
         shard.conns.flush();
     }
 }

@@ -184,7 +184,6 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// The last stored seq of `room` (0 if it has none).
-#[cfg(test)]
 pub(crate) fn last_seq(conn: &Connection, room: &str) -> Result<u64, StoreError> {
     let seq: Option<i64> = conn
         .query_row(
@@ -210,7 +209,17 @@ pub(crate) struct RoomSeqs {
 /// reserved before (some may have been delivered live and never stored)
 /// — and reserve the next `block` seqs for it, durably, before any is
 /// given.
+///
+/// `block` 0 (cluster mode, where Redis gives the seqs): no reservation;
+/// the room continues after its last stored seq, the floor a publish
+/// passes to Redis in case Redis lost the room.
 pub(crate) fn load_room(conn: &Connection, room: &str, block: u64) -> Result<RoomSeqs, StoreError> {
+    if block == 0 {
+        return Ok(RoomSeqs {
+            next: Some(last_seq(conn, room)? + 1),
+            reserved: u64::MAX,
+        });
+    }
     let (last, reserved): (i64, i64) = conn
         .query_row(
             "SELECT last_seq, reserved_seq FROM rooms WHERE room = ?1",

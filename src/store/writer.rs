@@ -111,10 +111,16 @@ where
 /// Start the writer on its own thread. It ends (returning its stats) when
 /// every `Sender` is dropped and the queue is drained: all that was queued
 /// is committed first, which is what a graceful shutdown needs.
+///
+/// `idempotent` (cluster mode): a message whose (room, seq) is stored
+/// already is skipped instead of failing its batch — nodes store what
+/// Redis sequenced, and the same message may reach a node twice (its own
+/// publish, then the room's channel; a gap repair).
 pub fn spawn<T, F>(
     conn: Connection,
     capacity: usize,
     max_batch: usize,
+    idempotent: bool,
     on_commit: F,
 ) -> std::io::Result<(Sender<Item<T>>, JoinHandle<Stats>)>
 where
@@ -126,7 +132,7 @@ where
         .name("stampede-writer".into())
         .spawn(move || {
             super::lower_thread_priority();
-            run(conn, rx, max_batch.max(1), on_commit)
+            run(conn, rx, max_batch.max(1), idempotent, on_commit)
         })?;
     Ok((tx, handle))
 }
@@ -135,6 +141,7 @@ fn run<T, F>(
     mut conn: Connection,
     rx: Receiver<Item<T>>,
     max_batch: usize,
+    idempotent: bool,
     mut on_commit: F,
 ) -> Stats
 where
@@ -169,7 +176,7 @@ where
             stats.batches += 1;
             stats.largest_batch = stats.largest_batch.max(batch.len());
             let start = std::time::Instant::now();
-            match write(&mut conn, &batch) {
+            match write(&mut conn, &batch, idempotent) {
                 Ok(()) => {
                     stats.messages += batch.len() as u64;
                     on_commit(Committed {
@@ -184,7 +191,13 @@ where
                         "storing a batch of {} messages failed ({e}); storing them one by one",
                         batch.len()
                     );
-                    one_by_one(&mut conn, &mut batch, &mut stats, &mut on_commit);
+                    one_by_one(
+                        &mut conn,
+                        &mut batch,
+                        idempotent,
+                        &mut stats,
+                        &mut on_commit,
+                    );
                 }
             }
         }
@@ -239,6 +252,7 @@ fn fault_delay() -> Option<std::time::Duration> {
 fn one_by_one<T, F>(
     conn: &mut Connection,
     batch: &mut Vec<Persist<T>>,
+    idempotent: bool,
     stats: &mut Stats,
     on_commit: &mut F,
 ) where
@@ -246,7 +260,7 @@ fn one_by_one<T, F>(
 {
     let mut stored = Vec::new();
     for m in batch.drain(..) {
-        match write(conn, std::slice::from_ref(&m)) {
+        match write(conn, std::slice::from_ref(&m), idempotent) {
             Ok(()) => {
                 stats.messages += 1;
                 stored.push(m.tag);
@@ -295,17 +309,20 @@ fn apply(conn: &mut Connection, ops: &[Box<Op>]) -> rusqlite::Result<()> {
 }
 
 /// Write one batch in one transaction (all or nothing).
-fn write<T>(conn: &mut Connection, batch: &[Persist<T>]) -> rusqlite::Result<()> {
+fn write<T>(conn: &mut Connection, batch: &[Persist<T>], idempotent: bool) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let mut last: HashMap<&str, (u64, u64)> = HashMap::new();
     // Reused per message: the message id and the headers as JSON.
     let mut id = String::new();
     let mut headers = Vec::new();
     {
-        let mut insert = tx.prepare_cached(
+        let mut insert = tx.prepare_cached(if idempotent {
             "INSERT INTO messages (room, seq, message_id, sender, ts_ms, headers, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (room, seq) DO NOTHING"
+        } else {
+            "INSERT INTO messages (room, seq, message_id, sender, ts_ms, headers, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        })?;
         for p in batch {
             let m = &p.msg;
             let d = &m.draft;
@@ -373,7 +390,7 @@ mod tests {
         let conn = open(&dir, Durability::Full).unwrap();
         let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
         let seen2 = seen.clone();
-        let (tx, handle) = spawn(conn, 256, 128, move |c: Committed<u64>| {
+        let (tx, handle) = spawn(conn, 256, 128, false, move |c: Committed<u64>| {
             assert!(c.error.is_none(), "{:?}", c.error);
             seen2.lock().unwrap().extend(c.tags);
         })
@@ -414,7 +431,7 @@ mod tests {
         let conn = open(&dir, Durability::Off).unwrap();
         let reports: Arc<Mutex<Vec<usize>>> = Arc::default();
         let r2 = reports.clone();
-        let (tx, handle) = spawn(conn, 16, 16, move |c: Committed<u64>| {
+        let (tx, handle) = spawn(conn, 16, 16, false, move |c: Committed<u64>| {
             r2.lock().unwrap().push(c.tags.len());
         })
         .unwrap();
@@ -448,7 +465,7 @@ mod tests {
         let conn = open(&dir, Durability::Off).unwrap();
         let reports = Arc::new(Mutex::new(0usize));
         let r2 = reports.clone();
-        let (tx, handle) = spawn(conn, 16, 16, move |c: Committed<u64>| {
+        let (tx, handle) = spawn(conn, 16, 16, false, move |c: Committed<u64>| {
             assert!(c.tags.is_empty());
             *r2.lock().unwrap() += 1;
         })
@@ -479,7 +496,7 @@ mod tests {
         type Outcomes = Arc<Mutex<Vec<(Vec<u64>, bool)>>>;
         let results: Outcomes = Arc::default();
         let r2 = results.clone();
-        let (tx, handle) = spawn(conn, 16, 16, move |c: Committed<u64>| {
+        let (tx, handle) = spawn(conn, 16, 16, false, move |c: Committed<u64>| {
             r2.lock().unwrap().push((c.tags, c.error.is_some()));
         })
         .unwrap();

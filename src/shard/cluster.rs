@@ -1,0 +1,608 @@
+//! Cluster mode on a shard (`--cluster`): for the rooms this shard owns,
+//! publishing through Redis and delivering what the room's channel brings
+//! in seq order, with gap repair, epochs, resume across nodes and
+//! presence. The Redis side is `crate::cluster` (threads); this part
+//! holds the per-room state and the queue towards those threads.
+//!
+//! A room is *watched* (its channel subscribed on this node) while it has
+//! subscribers on any shard of this node. Until Redis has confirmed the
+//! subscription and said where the room's seq stands (`Head`), the room
+//! is not *live*: subscriptions to it (`Work::Join`, `Work::Replay`) wait,
+//! so a SUBSCRIBE's RECEIPT still means "every later message reaches
+//! you". Once live, each message must be `last + 1`; a later one waits in
+//! `pending` while the gap is read from the room's stream (`XRANGE`);
+//! what the stream no longer has is counted lost and skipped.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::durable::Start;
+use super::msg::{Owed, Refusal, ReplayReq, Tag};
+use super::{Origin, Shard, ShardMsg, Work, WriterItem};
+use crate::cluster::{Cmd, Event, Link, Remote, wire};
+use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
+use crate::push::PushJob;
+
+/// Live messages of one room waiting for a gap to be repaired, at most.
+const MAX_PENDING: usize = 65_536;
+
+/// What travels with a command through the Redis threads and back.
+pub(crate) enum CTag {
+    /// A message to sequence.
+    Publish {
+        draft: Draft,
+        origin: Origin,
+        confirm: Option<Confirm>,
+        ts: u64,
+    },
+    /// Missing live messages.
+    Gap,
+    /// The part of a replay this node did not see live (read from the
+    /// stream and stored before the store is read).
+    Backfill {
+        req: ReplayReq,
+        start: Start,
+        upto: u64,
+    },
+}
+
+pub(crate) type ClusterLink = Link<CTag>;
+pub(crate) type ClusterEvent = Event<CTag>;
+
+/// A watched room.
+#[derive(Default)]
+struct Watched {
+    /// Subscribed and its head read: messages flow.
+    live: bool,
+    /// The last seq delivered here.
+    last: u64,
+    epoch: Option<Box<str>>,
+    /// The seq the room stood at when this node started watching it:
+    /// this node's store has (or is writing) every later message.
+    live_from: u64,
+    /// Messages after a gap (or before the room is live), by seq.
+    pending: BTreeMap<u64, Box<Remote>>,
+    /// A `Range` for a gap is under way.
+    filling: bool,
+    /// Subscriptions (joins, replays) waiting for the room to be live.
+    parked: Vec<Work>,
+}
+
+/// Cluster state of one shard.
+pub(super) struct Cluster {
+    link: ClusterLink,
+    watched: RefCell<HashMap<Box<str>, Watched>>,
+    /// Commands that found their instance's queue full, in order; while
+    /// any wait the shard reads no client (like the writer's overflow).
+    overflow: RefCell<VecDeque<(Box<str>, Cmd<CTag>)>>,
+    /// Publishes sent and not answered (shutdown waits for them).
+    in_flight: Cell<usize>,
+    next_presence: Cell<Instant>,
+}
+
+impl Cluster {
+    pub fn new(link: ClusterLink) -> Cluster {
+        Cluster {
+            link,
+            watched: RefCell::default(),
+            overflow: RefCell::default(),
+            in_flight: Cell::new(0),
+            next_presence: Cell::new(Instant::now()),
+        }
+    }
+
+    fn node(&self) -> &str {
+        &self.link.settings().node
+    }
+
+    /// Queue a command for `room`'s instance, in order with those before.
+    fn send(&self, shard: usize, room: &str, cmd: Cmd<CTag>) {
+        let mut held = self.overflow.borrow_mut();
+        let cmd = if held.is_empty() {
+            match self.link.try_send(shard, room, cmd) {
+                Ok(()) => return,
+                Err(cmd) => cmd,
+            }
+        } else {
+            cmd
+        };
+        held.push_back((room.into(), cmd));
+    }
+
+    /// Move held commands on (`Event::Space`); whether none is held.
+    pub fn drain(&self, shard: usize) -> bool {
+        let mut held = self.overflow.borrow_mut();
+        while let Some((room, cmd)) = held.pop_front() {
+            if let Err(cmd) = self.link.try_send(shard, &room, cmd) {
+                held.push_front((room, cmd));
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn congested(&self) -> bool {
+        !self.overflow.borrow().is_empty()
+    }
+
+    /// Publishes still waiting for Redis (a clean stop waits for them).
+    pub fn busy(&self) -> bool {
+        self.in_flight.get() > 0
+    }
+
+    /// Rooms watched here (`/metrics`).
+    pub fn watched_count(&self) -> usize {
+        self.watched.borrow().len()
+    }
+
+    /// Whether a Redis instance is unreachable (`/readyz`).
+    pub fn down(&self) -> bool {
+        self.link
+            .stats
+            .down
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    }
+}
+
+impl Shard {
+    fn cl(&self) -> &Cluster {
+        self.cluster.as_ref().expect("cluster mode")
+    }
+
+    /// Owner side, cluster mode: hand the message to Redis, which gives its
+    /// seq; it comes back as `Published` (persisted, then the RECEIPT) and,
+    /// on every node watching the room, on the room's channel.
+    pub(super) fn cluster_publish(
+        &self,
+        floor: u64,
+        draft: Draft,
+        origin: Origin,
+        confirm: Option<Confirm>,
+    ) {
+        let cl = self.cl();
+        let ts = crate::clock::now_ms();
+        let blob = wire::encode(&draft, cl.node(), ts);
+        let room = draft.room.clone();
+        cl.in_flight.set(cl.in_flight.get() + 1);
+        cl.send(
+            self.id,
+            &room,
+            Cmd::Publish {
+                shard: self.id,
+                room: room.clone(),
+                floor,
+                blob,
+                tag: CTag::Publish {
+                    draft,
+                    origin,
+                    confirm,
+                    ts,
+                },
+            },
+        );
+    }
+
+    /// The last seq of watched `room` delivered here (`None`: not watched).
+    pub(super) fn cluster_last(&self, room: &str) -> Option<u64> {
+        let w = self.cluster.as_ref()?.watched.borrow();
+        w.get(room).filter(|w| w.live).map(|w| w.last)
+    }
+
+    /// Whether `work` (a join or replay) must wait for its room to be
+    /// live: then it is parked and the room watched if it was not.
+    pub(super) fn cluster_park(&self, work: Work) -> Option<Work> {
+        let Some(cl) = &self.cluster else {
+            return Some(work);
+        };
+        self.cluster_check(work.room());
+        let mut watched = cl.watched.borrow_mut();
+        match watched.get_mut(work.room()) {
+            Some(w) if !w.live => {
+                w.parked.push(work);
+                None
+            }
+            _ => Some(work),
+        }
+    }
+
+    /// Watch `room` while it has subscribers here, and only then.
+    pub(super) fn cluster_check(&self, room: &str) {
+        let Some(cl) = &self.cluster else { return };
+        let wanted = self.rooms.borrow().has_subscribers(room);
+        let mut watched = cl.watched.borrow_mut();
+        match (wanted, watched.contains_key(room)) {
+            (true, false) => {
+                watched.insert(room.into(), Watched::default());
+                drop(watched);
+                cl.send(
+                    self.id,
+                    room,
+                    Cmd::Watch {
+                        room: room.into(),
+                        on: true,
+                    },
+                );
+            }
+            (false, true) => {
+                let w = watched.remove(room).expect("checked above");
+                drop(watched);
+                cl.send(
+                    self.id,
+                    room,
+                    Cmd::Watch {
+                        room: room.into(),
+                        on: false,
+                    },
+                );
+                // Their subscriptions are gone; answering lets their
+                // shards clean up.
+                for work in w.parked {
+                    self.run_one(work);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Presence: `user` came to (`true`) or left `room` on this node.
+    pub(super) fn cluster_presence(&self, room: &str, user: &str, here: bool) {
+        let Some(cl) = &self.cluster else { return };
+        let (add, remove) = if here {
+            (vec![user.into()], Vec::new())
+        } else {
+            (Vec::new(), vec![user.into()])
+        };
+        cl.send(
+            self.id,
+            room,
+            Cmd::Presence {
+                room: room.into(),
+                add,
+                remove,
+            },
+        );
+    }
+
+    /// Sweeper: refresh this node's presence entries every third of
+    /// their lifetime.
+    pub(super) fn cluster_tick(&self, now: Instant) {
+        let Some(cl) = &self.cluster else { return };
+        if now < cl.next_presence.get() {
+            return;
+        }
+        let ttl = cl.link.settings().presence_ttl_s;
+        cl.next_presence
+            .set(now + Duration::from_millis(ttl * 1000 / 3));
+        for (room, users) in self.rooms.borrow().present() {
+            for chunk in users.chunks(512) {
+                cl.send(
+                    self.id,
+                    &room,
+                    Cmd::Presence {
+                        room: room.clone(),
+                        add: chunk.to_vec(),
+                        remove: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Owner side of a replay in cluster mode: what this node did not see
+    /// live is read from the room's stream and stored first; then the
+    /// store is read as on a single node.
+    pub(super) fn cluster_replay(&self, req: ReplayReq, start: Start, upto: u64) {
+        let cl = self.cl();
+        let live_from = cl.watched.borrow().get(&req.room).map(|w| w.live_from);
+        let after = match req.from {
+            ReplayFrom::Since(n) => n,
+            ReplayFrom::Last(k) => upto.saturating_sub(k),
+        };
+        match live_from {
+            Some(from) if after < from && after < upto => {
+                let room = req.room.clone();
+                cl.send(
+                    self.id,
+                    &room,
+                    Cmd::Range {
+                        shard: self.id,
+                        room: room.clone(),
+                        from: after + 1,
+                        to: from.min(upto),
+                        tag: CTag::Backfill { req, start, upto },
+                    },
+                );
+            }
+            _ => self.durable.start_replay(req, start, upto),
+        }
+    }
+
+    /// An event from the Redis threads about a room owned here.
+    pub(super) fn on_cluster(&self, ev: ClusterEvent) {
+        match ev {
+            Event::Published { room, tag, result } => self.published(&room, tag, result),
+            Event::Message(m) => self.channel_message(m),
+            Event::Subscribed { room } => {
+                let cl = self.cl();
+                if cl.watched.borrow().contains_key(&room) {
+                    cl.send(
+                        self.id,
+                        &room,
+                        Cmd::Head {
+                            shard: self.id,
+                            room: room.clone(),
+                        },
+                    );
+                }
+            }
+            Event::Head { room, seq, epoch } => self.head(&room, seq, epoch),
+            Event::Range { room, tag, result } => self.range(&room, tag, result),
+            Event::Space => {
+                if self.cl().drain(self.id) {
+                    self.maybe_resume();
+                }
+            }
+        }
+    }
+
+    fn published(&self, room: &str, tag: CTag, result: Result<(u64, Box<str>), String>) {
+        let CTag::Publish {
+            draft,
+            origin,
+            confirm,
+            ts,
+        } = tag
+        else {
+            return;
+        };
+        let cl = self.cl();
+        cl.in_flight.set(cl.in_flight.get().saturating_sub(1));
+        let (shard, conn) = origin.split(self.id);
+        let (seq, _epoch) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(room, "Redis refused a publish: {e}");
+                let receipt = match confirm {
+                    Some(Confirm::Receipt(r)) => Some(r),
+                    _ => None,
+                };
+                self.refuse_at(shard, conn, receipt, Refusal::ClusterRefused(e.into()));
+                return;
+            }
+        };
+        crate::metrics::local(|m| m.published.inc());
+        let mut rooms = self.rooms.borrow_mut();
+        rooms.observed(room, seq);
+        let push = self.push.as_ref().and_then(|_| {
+            let away = rooms.away(room)?;
+            if away.len() == 1 && away[0] == draft.sender {
+                return None;
+            }
+            Some(Box::new(PushJob {
+                room: room.into(),
+                seq,
+                sender: draft.sender.clone(),
+                text: PushJob::text_of(&draft.body),
+                away,
+            }))
+        });
+        drop(rooms);
+        let msg = Sequenced {
+            draft,
+            seq,
+            timestamp_ms: ts,
+            sequenced_at: None,
+        };
+        let owed = confirm.map(|what| Owed { shard, conn, what });
+        self.durable
+            .persist(WriterItem::msg(msg, Tag { owed, push }));
+        self.check_quiesced();
+    }
+
+    fn head(&self, room: &str, seq: u64, epoch: Option<Box<str>>) {
+        let cl = self.cl();
+        let mut watched = cl.watched.borrow_mut();
+        let Some(w) = watched.get_mut(room) else {
+            return;
+        };
+        if !w.live {
+            w.live = true;
+            w.last = seq;
+            w.live_from = seq;
+            w.epoch = epoch;
+            let parked = std::mem::take(&mut w.parked);
+            drop(watched);
+            self.rooms.borrow_mut().observed(room, seq);
+            self.drain_pending(room);
+            for work in parked {
+                self.run_one(work);
+            }
+            return;
+        }
+        // Live already: a resubscription after a reconnect. Anything
+        // published meanwhile is read from the stream.
+        if epoch.is_some() && epoch != w.epoch {
+            drop(watched);
+            return self.request_gap(room, seq);
+        }
+        if seq > w.last {
+            drop(watched);
+            self.request_gap(room, seq);
+        }
+    }
+
+    /// Ask for `last + 1 ..= to` from the stream unless a request is out.
+    fn request_gap(&self, room: &str, to: u64) {
+        let cl = self.cl();
+        let mut watched = cl.watched.borrow_mut();
+        let Some(w) = watched.get_mut(room) else {
+            return;
+        };
+        if w.filling || to <= w.last {
+            return;
+        }
+        w.filling = true;
+        let from = w.last + 1;
+        drop(watched);
+        cl.send(
+            self.id,
+            room,
+            Cmd::Range {
+                shard: self.id,
+                room: room.into(),
+                from,
+                to,
+                tag: CTag::Gap,
+            },
+        );
+    }
+
+    fn channel_message(&self, m: Box<Remote>) {
+        let room = m.msg.draft.room.clone();
+        let cl = self.cl();
+        let mut watched = cl.watched.borrow_mut();
+        let Some(w) = watched.get_mut(&room) else {
+            return; // not watched (any more)
+        };
+        if w.pending.len() >= MAX_PENDING {
+            warn!(
+                room = &*room,
+                "too many messages wait for a gap; the oldest are skipped"
+            );
+            let first = *w.pending.keys().next().expect("not empty");
+            w.last = w.last.max(first.saturating_sub(1));
+        }
+        w.pending.insert(m.msg.seq, m);
+        let live = w.live;
+        drop(watched);
+        if live {
+            self.drain_pending(&room);
+        }
+    }
+
+    /// Deliver the pending messages that follow `last`; at a gap, ask for
+    /// it from the stream.
+    fn drain_pending(&self, room: &str) {
+        loop {
+            let cl = self.cl();
+            let mut watched = cl.watched.borrow_mut();
+            let Some(w) = watched.get_mut(room) else {
+                return;
+            };
+            let Some(first) = w.pending.first_entry() else {
+                return;
+            };
+            let m = first.get();
+            if w.epoch.is_some() && Some(&m.epoch) != w.epoch.as_ref() {
+                // Redis lost the room (restart without persistence, an
+                // eviction): a new epoch. Seqs continue after the floor the
+                // publisher passed; what the old epoch still had in flight
+                // is not in the new stream.
+                warn!(
+                    room,
+                    seq = m.msg.seq,
+                    "the room's epoch changed in Redis (its state there was lost); continuing at the new epoch"
+                );
+                crate::metrics::local(|m| m.cluster_epoch_changes.inc());
+                w.epoch = Some(m.epoch.clone());
+                if m.msg.seq <= w.last {
+                    w.last = m.msg.seq - 1;
+                }
+            }
+            let seq = m.msg.seq;
+            if seq <= w.last {
+                first.remove();
+                continue;
+            }
+            if seq > w.last + 1 {
+                let to = seq - 1;
+                drop(watched);
+                return self.request_gap(room, to);
+            }
+            let m = first.remove();
+            w.last = seq;
+            if w.epoch.is_none() {
+                w.epoch = Some(m.epoch.clone());
+            }
+            drop(watched);
+            self.deliver_remote(m.msg);
+        }
+    }
+
+    /// Deliver a message of a watched room to this node's subscribers and
+    /// store it (stored already when published here: the second insert is
+    /// skipped).
+    fn deliver_remote(&self, msg: Sequenced) {
+        crate::metrics::local(|m| m.cluster_received.inc());
+        let mut rooms = self.rooms.borrow_mut();
+        rooms.observed(&msg.draft.room, msg.seq);
+        for p in rooms.targets(&msg.draft.room) {
+            self.peers.send(p, ShardMsg::Deliver(msg.clone()));
+        }
+        rooms.deliver_local(&msg, &self.conns);
+        drop(rooms);
+        self.durable.persist(WriterItem::msg(msg, Tag::default()));
+    }
+
+    fn range(&self, room: &str, tag: CTag, result: Result<Vec<Remote>, String>) {
+        let msgs = match result {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                warn!(room, "cannot read the room's stream: {e}");
+                if let CTag::Backfill { req, start, upto } = tag {
+                    // What the store has is still sent.
+                    self.durable.start_replay(req, start, upto);
+                } else if let Some(w) = self.cl().watched.borrow_mut().get_mut(room) {
+                    // Asked again with the next message or resubscription.
+                    w.filling = false;
+                }
+                return;
+            }
+        };
+        match tag {
+            CTag::Gap => {
+                let cl = self.cl();
+                let mut watched = cl.watched.borrow_mut();
+                let Some(w) = watched.get_mut(room) else {
+                    return;
+                };
+                w.filling = false;
+                for m in msgs {
+                    if m.msg.seq > w.last {
+                        w.pending.entry(m.msg.seq).or_insert_with(|| Box::new(m));
+                    }
+                }
+                // What the stream did not have up to the first pending
+                // message is gone from Redis: skip it (nodes that saw it
+                // have it in their stores).
+                if let Some((&first, _)) = w.pending.first_key_value()
+                    && first > w.last + 1
+                {
+                    let lost = first - w.last - 1;
+                    warn!(
+                        room,
+                        from = w.last + 1,
+                        lost,
+                        "messages missing from the room's stream are skipped"
+                    );
+                    crate::metrics::local(|m| m.cluster_lost.add(lost));
+                    w.last = first - 1;
+                }
+                drop(watched);
+                crate::metrics::local(|m| m.cluster_gaps.inc());
+                self.drain_pending(room);
+            }
+            CTag::Backfill { req, start, upto } => {
+                for m in msgs {
+                    self.durable.persist(WriterItem::msg(m.msg, Tag::default()));
+                }
+                self.durable.start_replay(req, start, upto);
+            }
+            CTag::Publish { .. } => {}
+        }
+    }
+}

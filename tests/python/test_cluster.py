@@ -1,0 +1,303 @@
+"""Cluster mode (--cluster redis://...): three nodes share rooms through Redis.
+
+Each test starts its own redis-server on a free loopback port (the test
+command installs Debian's redis-server; without it these tests are skipped
+unless STAMPEDE_REQUIRE_REDIS=1, which the test command sets) and three
+stampede nodes pointed at it, each with its own data dir and ports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ADMIN, Frame, start_server, uid
+
+REDIS = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    def __init__(self, base: Path):
+        self.base = base
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self):
+        # No persistence: a restart loses every room's state (a new epoch),
+        # the hard case for the nodes.
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.base), "--daemonize", "no"],
+            stdout=open(self.base / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def command(self, *args: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            out = f"*{len(args)}\r\n".encode()
+            for a in args:
+                b = a.encode()
+                out += b"$%d\r\n%s\r\n" % (len(b), b)
+            s.sendall(out)
+            time.sleep(0.05)
+            return s.recv(65536)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def redis(tmp_path_factory):
+    if REDIS is None:
+        if os.environ.get("STAMPEDE_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is not installed (the test command installs it)")
+        pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
+    r = Redis(tmp_path_factory.mktemp("redis"))
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def cluster(redis, server_factory):
+    """start(n, *extra) -> n nodes on the fixture's Redis."""
+    def start(n=3, *extra):
+        return [server_factory("--cluster", redis.url, "--cluster-node", f"node{i}", "--shards", "2",
+                               *extra) for i in range(n)]
+    return start
+
+
+def publish_all(nodes, room, per_node, tag="m"):
+    """One publisher per node, `per_node` messages each, all at once, every
+    SEND receipted. Returns the bodies sent."""
+    bodies = []
+    errors = []
+
+    def run(i, node):
+        try:
+            c = node.connected(login=f"pub{i}")
+            for k in range(per_node):
+                c.send(f"/topic/{room}", f"{tag}-{i}-{k}", receipt=(k % 10 == 9 or k == per_node - 1))
+            c.disconnect()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i, n)) for i, n in enumerate(nodes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    for i in range(len(nodes)):
+        bodies += [f"{tag}-{i}-{k}" for k in range(per_node)]
+    return bodies
+
+
+def seqs_and_bodies(frames: list[Frame]):
+    return [(int(f["x-seq"]), f.body.decode()) for f in frames]
+
+
+def test_publishers_and_subscribers_on_every_node_see_one_order(cluster):
+    nodes = cluster(3)
+    room = uid("room")
+    subs = []
+    for i, n in enumerate(nodes):
+        for t in ("tcp", "ws"):
+            c = n.connected(transport=t, login=f"sub{i}{t}")
+            c.subscribe(f"/topic/{room}")
+            subs.append(c)
+    bodies = publish_all(nodes, room, 40)
+    seen = [seqs_and_bodies(c.messages(len(bodies), timeout=30)) for c in subs]
+    first = seen[0]
+    assert [s for s, _ in first] == list(range(1, len(bodies) + 1)), "seqs are 1..N without a gap"
+    assert sorted(b for _, b in first) == sorted(bodies)
+    for other in seen[1:]:
+        assert other == first, "every subscriber on every node sees the same order"
+    # Each publisher's own order holds.
+    for i in range(3):
+        mine = [b for _, b in first if b.startswith(f"m-{i}-")]
+        assert mine == [f"m-{i}-{k}" for k in range(40)]
+    for c in subs:
+        c.assert_silent(0.3, "duplicate")
+    # Each node stored what it delivered: the history API on any node.
+    for n in nodes:
+        st, _, body = n.http("GET", f"/api/rooms/{room}/messages?after=0&limit=1000", headers=ADMIN)
+        assert st == 200
+        import json
+        got = [(m["seq"], m["body"]) for m in json.loads(body)["messages"]]
+        assert got == first
+
+
+def test_a_client_moved_to_another_node_resumes_without_gap_or_duplicate(cluster):
+    nodes = cluster(3)
+    room = uid("room")
+    a = nodes[0].connected(login="alice")
+    a.subscribe(f"/topic/{room}")
+    p = nodes[2].connected(login="bob")
+    for k in range(20):
+        p.send(f"/topic/{room}", f"a{k}", receipt=True)
+    got = seqs_and_bodies(a.messages(20))
+    last = got[-1][0]
+    a.close()
+    # Missed while moving: published on node 3, node 2 has never watched
+    # the room (its store has none of it).
+    for k in range(20, 35):
+        p.send(f"/topic/{room}", f"a{k}", receipt=True)
+    b = nodes[1].connected(login="alice")
+    b.subscribe(f"/topic/{room}", headers=[("x-since-seq", str(last))])
+    for k in range(35, 40):
+        p.send(f"/topic/{room}", f"a{k}", receipt=True)
+    rest = seqs_and_bodies(b.messages(20))
+    assert [s for s, _ in rest] == list(range(last + 1, last + 21))
+    assert [x for _, x in got + rest] == [f"a{k}" for k in range(40)]
+    b.assert_silent(0.3, "duplicate")
+    # x-replay-last on a node that never saw the room's start.
+    c = nodes[1].connected(login="carol")
+    c.subscribe(f"/topic/{room}", headers=[("x-replay-last", "5")])
+    assert [x.body.decode() for x in c.messages(5)] == [f"a{k}" for k in range(35, 40)]
+
+
+def test_killing_a_node_loses_nothing_receipted(cluster):
+    nodes = cluster(3)
+    room = uid("room")
+    watcher = nodes[1].connected(login="w")
+    watcher.subscribe(f"/topic/{room}")
+    victim = nodes[0].connected(login="v")
+    acked = []
+    for k in range(30):
+        victim.send(f"/topic/{room}", f"k{k}", receipt=True)
+        acked.append(f"k{k}")
+    # Unreceipted in flight when the node dies: may or may not arrive.
+    for k in range(30, 40):
+        victim.send(f"/topic/{room}", f"k{k}")
+    nodes[0].proc.send_signal(signal.SIGKILL)
+    nodes[0].proc.wait(5)
+    nodes[0].stopped = True
+    got = [f.body.decode() for f in watcher.messages(30, timeout=10)]
+    assert got == acked
+    # The survivors go on; a client that was on the dead node resumes on
+    # another one from its last seq.
+    r = nodes[2].connected(login="v")
+    r.subscribe(f"/topic/{room}", headers=[("x-since-seq", "0")])
+    replay = [f.body.decode() for f in r.messages(30)]
+    assert replay == acked
+    r.send(f"/topic/{room}", "after", receipt=True)
+    # The watcher may still get the unreceipted ones first, in order.
+    late = []
+    while True:
+        f = watcher.expect_message(timeout=10)
+        if f.body == b"after":
+            break
+        late.append(f.body.decode())
+    assert late == [f"k{k}" for k in range(30, 30 + len(late))]
+
+
+def test_redis_restart_is_survived_and_seqs_continue(cluster, redis):
+    nodes = cluster(2)
+    room = uid("room")
+    s0 = nodes[0].connected(login="s0")
+    s0.subscribe(f"/topic/{room}")
+    s1 = nodes[1].connected(login="s1")
+    s1.subscribe(f"/topic/{room}")
+    p = nodes[1].connected(login="p")
+    for k in range(10):
+        p.send(f"/topic/{room}", f"b{k}", receipt=True)
+    before = [int(f["x-seq"]) for f in s0.messages(10)]
+    assert before == list(range(1, 11))
+    s1.messages(10)
+    redis.stop()
+    time.sleep(0.5)
+    # Published while Redis is down: held (not lost), receipted once it is back.
+    sender = threading.Thread(target=lambda: [p.send(f"/topic/{room}", f"c{k}", receipt=True) for k in range(5)])
+    sender.start()
+    time.sleep(1.0)
+    st, _, body = nodes[1].http("GET", "/readyz")
+    assert st == 503 and b"Redis" in body, body
+    redis.start()
+    sender.join(30)
+    assert not sender.is_alive()
+    for s in (s0, s1):
+        after = s.messages(5, timeout=20)
+        assert [f.body.decode() for f in after] == [f"c{k}" for k in range(5)]
+        # Redis lost the room; the floor keeps its seqs going up.
+        assert [int(f["x-seq"]) for f in after] == list(range(11, 16))
+        s.assert_silent(0.3, "duplicate")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        st, _, _ = nodes[1].http("GET", "/readyz")
+        if st == 200:
+            break
+        time.sleep(0.1)
+    assert st == 200
+
+
+def test_gaps_in_the_channel_are_read_back_from_the_stream(cluster, redis):
+    """A message that reached the stream but not the channel (as when a
+    node's channel connection drops) is read back with XRANGE."""
+    nodes = cluster(1)
+    room = uid("room")
+    s = nodes[0].connected(login="s")
+    s.subscribe(f"/topic/{room}")
+    p = nodes[0].connected(login="p")
+    p.send(f"/topic/{room}", "one", receipt=True)
+    assert s.expect_message()["x-seq"] == "1"
+    # Sequence seq 2 behind the node's back: stream only, no PUBLISH.
+    blob_reply = redis.command("XRANGE", f"stampede:{{{room}}}:log", "-", "+")
+    assert b"one" in blob_reply
+    redis.command("EVAL",
+                  "local e = redis.call('XRANGE', KEYS[2], '-', '+'); local f = e[1][2]; "
+                  "local s = redis.call('HINCRBY', KEYS[1], 'seq', 1); "
+                  "redis.call('XADD', KEYS[2], s .. '-1', f[1], f[2], f[3], f[4]); return s",
+                  "2", f"stampede:{{{room}}}:meta", f"stampede:{{{room}}}:log")
+    p.send(f"/topic/{room}", "three", receipt=True)
+    got = s.messages(2)
+    assert [(f["x-seq"], f.body.decode()) for f in got] == [("2", "one"), ("3", "three")]
+    st, _, body = nodes[0].http("GET", "/metrics")
+    text = body.decode()
+    gaps = sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("stampede_cluster_gaps_total"))
+    assert gaps >= 1
+
+
+def test_cluster_flags_are_checked(tmp_path):
+    from conftest import stampede_bin
+    for args, msg in [
+        (["--cluster", "http://x:1"], "redis://"),
+        (["--cluster", "redis://h"], "redis://HOST:PORT"),
+        (["--cluster", "redis://127.0.0.1:1", "--persist", "false"], "needs the store"),
+        (["--cluster", "redis://127.0.0.1:1", "--cluster-node", "a:b"], "--cluster-node"),
+    ]:
+        p = subprocess.run([str(stampede_bin()), "--listen", "127.0.0.1:0", "--stomp-listen", "off",
+                            "--data-dir", str(tmp_path / "d"), *args],
+                           capture_output=True, timeout=20)
+        assert p.returncode != 0
+        assert msg in p.stderr.decode(), p.stderr.decode()
