@@ -40,6 +40,13 @@ for tool in shellcheck:shellcheck nginx:nginx; do
       || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tool#*:}" >/dev/null; }
   fi
 done
+# Cluster mode (tests/python/test_cluster.py) runs its own redis-server on
+# loopback ports; the package's own service, if it starts one, is unused.
+if ! command -v redis-server >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null; }
+fi
+export STAMPEDE_REQUIRE_REDIS=1
 # The Debian package (tests/python/test_package.py) is built with cargo-deb.
 cargo install --quiet --locked cargo-deb --version 3.8.0
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ADMIN, Frame, start_server, uid
+from conftest import ADMIN, Frame, uid
+from test_fake_fcm import fake_fcm_factory, key  # noqa: F401  (fixtures)
 
 REDIS = shutil.which("redis-server")
 
@@ -301,3 +302,99 @@ def test_cluster_flags_are_checked(tmp_path):
                            capture_output=True, timeout=20)
         assert p.returncode != 0
         assert msg in p.stderr.decode(), p.stderr.decode()
+
+
+def test_a_member_online_on_another_node_gets_no_push_and_is_pushed_once_away(
+        redis, server_factory, fake_fcm_factory, key, tmp_path):  # noqa: F811
+    from test_fake_fcm import FAKE_FCM
+    if not FAKE_FCM.exists():
+        pytest.skip("fake-fcm not built")
+    from test_push import member_with_devices, push_args, pushes
+    fake = fake_fcm_factory()
+    nodes = [server_factory("--cluster", redis.url, "--cluster-node", f"p{i}", "--shards", "2",
+                            *push_args(tmp_path, key, fake)) for i in range(2)]
+    room = uid("push")
+    # Membership lives in each node's store: the publishing node knows bob.
+    member_with_devices(nodes[0], room, "bob", "tok-bob")
+    bob = nodes[1].connected(login="bob")
+    bob.subscribe(f"/topic/{room}")
+    pub = nodes[0].connected(login="dave")
+    pub.send(f"/topic/{room}", "while bob is on node 2", receipt=True)
+    assert bob.expect_message().body == b"while bob is on node 2"
+    assert pushes(fake, 1, timeout=1.5) == [], "bob is online on another node: no push"
+    bob.unsubscribe()
+    pub.send(f"/topic/{room}", "while away", receipt=True)
+    got = pushes(fake, 1)
+    assert [m["message"]["notification"]["body"] for m in got] == ["while away"]
+    assert got[0]["message"]["data"]["seq"] == "2"
+
+
+def test_a_node_watches_a_room_only_while_it_has_subscribers(cluster, redis):
+    nodes = cluster(2)
+    room = uid("room")
+
+    def numsub():
+        reply = redis.command("PUBSUB", "NUMSUB", f"room:{room}")
+        return int(reply.rsplit(b":", 1)[1].split(b"\r\n")[0])
+
+    assert numsub() == 0
+    a = nodes[0].connected(login="a")
+    a.subscribe(f"/topic/{room}", id="x")
+    a.subscribe(f"/topic/{room}", id="y")
+    b = nodes[1].connected(login="b")
+    b.subscribe(f"/topic/{room}")
+    assert numsub() == 2
+    a.unsubscribe("x")
+    assert numsub() == 2
+    a.unsubscribe("y")
+    deadline = time.time() + 5
+    while numsub() != 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert numsub() == 1
+    # Publishing needs no watch; watching again picks up where it stands.
+    p = nodes[0].connected(login="p")
+    p.send(f"/topic/{room}", "one", receipt=True)
+    assert b.expect_message()["x-seq"] == "1"
+    a.subscribe(f"/topic/{room}", id="z")
+    p.send(f"/topic/{room}", "two", receipt=True)
+    assert a.expect_message()["x-seq"] == "2"
+    assert b.expect_message()["x-seq"] == "2"
+    b.close()
+    a.close()
+    deadline = time.time() + 5
+    while numsub() != 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert numsub() == 0
+
+
+def test_stomppy_clients_on_different_nodes_chat(cluster):
+    import stomp
+    nodes = cluster(3)
+    room = uid("room")
+    got = []
+    done = threading.Event()
+
+    class L(stomp.ConnectionListener):
+        def on_message(self, frame):
+            got.append((frame.headers["x-seq"], frame.body))
+            if len(got) == 10:
+                done.set()
+
+    sub = stomp.Connection12([("127.0.0.1", nodes[2].stomp_port)])
+    sub.set_listener("l", L())
+    sub.connect("carol", "x", wait=True)
+    sub.subscribe(f"/topic/{room}", id="1", headers={"receipt": "r1"})
+    time.sleep(0.3)
+    pubs = []
+    for i in (0, 1):
+        c = stomp.Connection12([("127.0.0.1", nodes[i].stomp_port)])
+        c.connect(f"pub{i}", "x", wait=True)
+        pubs.append(c)
+    for k in range(10):
+        pubs[k % 2].send(f"/topic/{room}", f"s{k}", headers={"receipt": f"p{k}"})
+        time.sleep(0.02)
+    assert done.wait(10), got
+    assert [s for s, _ in got] == [str(k) for k in range(1, 11)]
+    assert sorted(b for _, b in got) == sorted(f"s{k}" for k in range(10))
+    for c in pubs + [sub]:
+        c.disconnect()
