@@ -38,6 +38,12 @@ pub struct FanoutArgs {
     /// Subscribers per room.
     #[arg(long, default_value_t = 100)]
     pub members: usize,
+    /// More nodes of one cluster (`stampede --cluster`), repeatable: members
+    /// are spread round-robin over `--url` and these, publisher p uses node
+    /// p and its probe the next node (so the window follows delivery
+    /// across nodes). Same path and credentials as `--url`.
+    #[arg(long = "node-url")]
+    pub node_urls: Vec<String>,
     /// Publisher sessions; each room is fed by one of them (so its order is
     /// defined). More publishers than rooms are not used.
     #[arg(long, default_value_t = 4)]
@@ -252,6 +258,7 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
     println!("{}", cost.line());
     let doc = serde_json::json!({
         "scenario": "fanout", "label": args.observe.label, "url": args.endpoint.url,
+        "node_urls": args.node_urls,
         "rooms": args.rooms, "members": args.members,
         "publishers": args.publishers.min(args.rooms), "rate": args.rate, "target_rate": args.rate,
         "window": args.window, "body_size": args.body_size, "duration_s": args.duration,
@@ -280,7 +287,7 @@ async fn parent(args: &FanoutArgs, n: usize) -> Result<i32, String> {
 /// Also says why publishers stopped early (their probe was dropped).
 async fn publish(args: &FanoutArgs, bar: &Bar) -> Result<(Vec<u64>, Vec<String>), String> {
     let limit = Duration::from_secs_f64(args.step_timeout);
-    let (addr, _) = ws::resolve(&args.endpoint.url, 0)?;
+    let addrs = node_addrs(args, 0)?;
     let run_id = run_id(args);
     let publishers = args.publishers.clamp(1, args.rooms.max(1));
     // Open every publisher (and its probe) first, so they start together.
@@ -290,9 +297,11 @@ async fn publish(args: &FanoutArgs, bar: &Bar) -> Result<(Vec<u64>, Vec<String>)
     for p in 0..publishers {
         let mine: Vec<usize> = (p..args.rooms).step_by(publishers).collect();
         let dests: Vec<String> = mine.iter().map(|&r| room_dest(run_id, r)).collect();
+        let addr = addrs[p % addrs.len()].0;
         let mut s = ws::open(&args.endpoint, addr, None, limit).await?;
         ws::login(&mut s, &args.endpoint, limit).await?;
-        let probe = Probe::start(member(args, &dests, addr, None).await?);
+        let probe_at = addrs[(p + 1) % addrs.len()].0;
+        let probe = Probe::start(member(args, &dests, probe_at, None).await?);
         sessions.push((mine, dests, s, probe));
     }
     if args.no_subscribe_receipt {
@@ -477,6 +486,18 @@ fn run_id(args: &FanoutArgs) -> u64 {
 }
 
 /// One member's session, set up and ready to read.
+/// `--url` and every `--node-url`, resolved (with the source address of
+/// worker `index`).
+fn node_addrs(
+    args: &FanoutArgs,
+    index: usize,
+) -> Result<Vec<(std::net::SocketAddr, Option<std::net::IpAddr>)>, String> {
+    std::iter::once(&args.endpoint.url)
+        .chain(&args.node_urls)
+        .map(|u| ws::resolve(u, index))
+        .collect()
+}
+
 async fn member(
     args: &FanoutArgs,
     dests: &[String],
@@ -541,7 +562,7 @@ async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
     let sessions = args.rooms * args.members;
     let run_id = run_id(args);
     let slice = (index..sessions).step_by(n);
-    let (addr, src) = match ws::resolve(&args.endpoint.url, index) {
+    let addrs = match node_addrs(args, index) {
         Ok(x) => x,
         Err(e) => {
             let r = Opened::all_failed(e, slice.count());
@@ -557,6 +578,7 @@ async fn worker(args: &FanoutArgs, index: usize, n: usize) -> i32 {
             args.endpoint.login = format!("{}-{i}", args.endpoint.login);
         }
         let room = i % args.rooms;
+        let (addr, src) = addrs[i % addrs.len()];
         async move {
             let reader = member(&args, &[room_dest(run_id, room)], addr, src).await?;
             Ok((room, reader))
