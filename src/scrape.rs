@@ -75,6 +75,8 @@ pub(crate) struct Sources {
     pub shards: Arc<[ShardHandle]>,
     pub store: Option<StoreQueues>,
     pub push: Option<Arc<PushStats>>,
+    /// The Redis threads' counters (`--cluster`).
+    pub cluster: Option<Arc<crate::cluster::Stats>>,
     pub ready: Arc<crate::metrics::Readiness>,
     pub max_connections: usize,
 }
@@ -249,6 +251,39 @@ fn process(t: &mut Text, s: &Sources, started: f64) {
             "gauge",
             "Push tasks waiting for a push thread.",
             get(&p.waiting),
+        );
+    }
+    if let Some(c) = &s.cluster {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        for (name, help, v) in [
+            (
+                "stampede_cluster_published_total",
+                "Cluster mode: messages Redis sequenced for this node's publishers.",
+                &c.published,
+            ),
+            (
+                "stampede_cluster_channel_messages_total",
+                "Cluster mode: messages received on the Redis channels of watched rooms.",
+                &c.received,
+            ),
+            (
+                "stampede_cluster_pipelines_total",
+                "Cluster mode: command pipelines sent to Redis.",
+                &c.pipelines,
+            ),
+            (
+                "stampede_cluster_reconnects_total",
+                "Cluster mode: Redis connections lost (commands or channels).",
+                &c.reconnects,
+            ),
+        ] {
+            t.single(name, "counter", help, get(v));
+        }
+        t.single(
+            "stampede_cluster_redis_down",
+            "gauge",
+            "Cluster mode: Redis connections (commands or channels) currently not established.",
+            get(&c.down),
         );
     }
     let page = page_size();

@@ -521,6 +521,7 @@ pub fn start(
                     }
                 }),
             push: push_stats.clone(),
+            cluster: cluster.as_ref().map(|c| c.stats.clone()),
             ready: ready.clone(),
             max_connections: cfg.max_connections,
         },

@@ -239,10 +239,9 @@ impl Shard {
                     },
                 );
                 // Their subscriptions are gone; answering lets their
-                // shards clean up.
-                for work in w.parked {
-                    self.run_one(work);
-                }
+                // shards clean up. Queued, not run: a connection may be
+                // borrowed here (an UNSUBSCRIBE being handled).
+                self.work.borrow_mut().extend(w.parked);
             }
             _ => {}
         }
@@ -469,12 +468,13 @@ impl Shard {
             return; // not watched (any more)
         };
         if w.pending.len() >= MAX_PENDING {
-            warn!(
-                room = &*room,
-                "too many messages wait for a gap; the oldest are skipped"
-            );
-            let first = *w.pending.keys().next().expect("not empty");
-            w.last = w.last.max(first.saturating_sub(1));
+            // A gap Redis does not answer for this long: skip the oldest
+            // (it is in the stores of the nodes that saw it).
+            warn!(room = &*room, "too many messages wait for a gap; the oldest is skipped");
+            if let Some((seq, _)) = w.pending.pop_first() {
+                w.last = w.last.max(seq);
+                crate::metrics::local(|m| m.cluster_lost.inc());
+            }
         }
         w.pending.insert(m.msg.seq, m);
         let live = w.live;
