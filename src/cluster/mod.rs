@@ -28,7 +28,7 @@ pub(crate) mod wire;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, unbounded};
@@ -38,6 +38,9 @@ use crate::message::Sequenced;
 
 /// Commands of one pipeline at most.
 const MAX_PIPELINE: usize = 512;
+/// Channel messages one shard's inbox may hold before the pubsub thread
+/// drops more (they come back from the stream as a gap).
+const MAX_INBOX_MESSAGES: usize = 65_536;
 /// How often the pubsub thread looks at its watch list while no message
 /// arrives (its read timeout).
 const WATCH_POLL: Duration = Duration::from_millis(5);
@@ -89,13 +92,16 @@ pub(crate) enum Cmd<T> {
     },
     /// Start (`on`) or stop receiving the room's channel on this node.
     Watch { room: Box<str>, on: bool },
-    /// Users of this node who came (`add`) or left (`remove`) the room,
-    /// or are still there (a refresh is an `add`).
-    Presence {
-        room: Box<str>,
-        add: Vec<Box<str>>,
-        remove: Vec<Box<str>>,
-    },
+    /// Presence changes of rooms on one instance.
+    Presence(Vec<PresenceChange>),
+}
+
+/// Users of this node who came (`add`) or left (`remove`) a room, or are
+/// still there (a refresh is an `add`).
+pub(crate) struct PresenceChange {
+    pub room: Box<str>,
+    pub add: Vec<Box<str>>,
+    pub remove: Vec<Box<str>>,
 }
 
 /// A message of a room as Redis gave it.
@@ -117,11 +123,11 @@ pub(crate) enum Event<T> {
     /// This node now receives the room's channel (also after a reconnect:
     /// messages may have been missed meanwhile).
     Subscribed { room: Box<str> },
-    /// Where the room stands in Redis (0 and no epoch: Redis has no seq).
+    /// Where the room stands in Redis: its seq and epoch (0 and none:
+    /// Redis has no seq), or why it could not be read.
     Head {
         room: Box<str>,
-        seq: u64,
-        epoch: Option<Box<str>>,
+        result: Result<(u64, Option<Box<str>>), String>,
     },
     /// The stream's messages of a `Range` (those still in it).
     Range {
@@ -142,6 +148,9 @@ pub(crate) struct Stats {
     pub reconnects: AtomicU64,
     /// Instances currently not connected (commands or channels).
     pub down: AtomicU64,
+    /// Channel messages dropped because their shard's inbox was full
+    /// (repaired from the stream).
+    pub shed: AtomicU64,
 }
 
 /// The shards' end: one bounded command queue per instance.
@@ -150,6 +159,8 @@ pub(crate) struct Link<T> {
     queues: Vec<Sender<Cmd<T>>>,
     /// Per shard: it found a queue full and wants `Event::Space`.
     want_space: Arc<[AtomicBool]>,
+    /// Per shard: channel messages in its inbox (`taken` counts them off).
+    backlog: Arc<[AtomicUsize]>,
     pub stats: Arc<Stats>,
 }
 
@@ -159,6 +170,7 @@ impl<T> Clone for Link<T> {
             settings: self.settings.clone(),
             queues: self.queues.clone(),
             want_space: self.want_space.clone(),
+            backlog: self.backlog.clone(),
             stats: self.stats.clone(),
         }
     }
@@ -171,6 +183,11 @@ impl<T: Send + 'static> Link<T> {
 
     pub fn shared_settings(&self) -> Arc<Settings> {
         self.settings.clone()
+    }
+
+    /// Shard `shard` took a channel message from its inbox.
+    pub fn taken(&self, shard: usize) {
+        self.backlog[shard].fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Queue `cmd` for the instance of `room`; full: handed back (the
@@ -202,6 +219,7 @@ where
     let want_space: Arc<[AtomicBool]> = (0..settings.shards)
         .map(|_| AtomicBool::new(false))
         .collect();
+    let backlog: Arc<[AtomicUsize]> = (0..settings.shards).map(|_| AtomicUsize::new(0)).collect();
     let mut queues = Vec::new();
     for (i, url) in settings.urls.iter().enumerate() {
         let (tx, rx) = bounded::<Cmd<T>>(settings.queue);
@@ -230,6 +248,7 @@ where
             sink: sink.clone(),
             stats: stats.clone(),
             wanted: HashSet::new(),
+            backlog: backlog.clone(),
         };
         std::thread::Builder::new()
             .name(format!("stampede-redis-sub-{i}"))
@@ -240,6 +259,7 @@ where
         settings,
         queues,
         want_space,
+        backlog,
         stats,
     })
 }
@@ -439,34 +459,36 @@ where
                         .arg("COUNT")
                         .arg(s.stream_len.max(1) * 2);
                 }
-                Cmd::Presence { room, add, remove } => {
-                    let key = wire::presence_key(room);
-                    let member = |u: &str| format!("{}:{u}", s.node);
-                    if !add.is_empty() {
-                        let mut z = redis::cmd("ZADD");
-                        z.arg(&key);
-                        for u in add {
-                            z.arg(expiry).arg(member(u));
+                Cmd::Presence(changes) => {
+                    for PresenceChange { room, add, remove } in changes {
+                        let key = wire::presence_key(room);
+                        let member = |u: &str| format!("{}:{u}", s.node);
+                        if !add.is_empty() {
+                            let mut z = redis::cmd("ZADD");
+                            z.arg(&key);
+                            for u in add {
+                                z.arg(expiry).arg(member(u));
+                            }
+                            p.add_command(z).ignore();
                         }
-                        p.add_command(z).ignore();
-                    }
-                    if !remove.is_empty() {
-                        let mut z = redis::cmd("ZREM");
-                        z.arg(&key);
-                        for u in remove {
-                            z.arg(member(u));
+                        if !remove.is_empty() {
+                            let mut z = redis::cmd("ZREM");
+                            z.arg(&key);
+                            for u in remove {
+                                z.arg(member(u));
+                            }
+                            p.add_command(z).ignore();
                         }
-                        p.add_command(z).ignore();
+                        p.cmd("ZREMRANGEBYSCORE")
+                            .arg(&key)
+                            .arg("-inf")
+                            .arg(now)
+                            .ignore();
+                        p.cmd("PEXPIRE")
+                            .arg(&key)
+                            .arg(s.presence_ttl_s * 2000)
+                            .ignore();
                     }
-                    p.cmd("ZREMRANGEBYSCORE")
-                        .arg(&key)
-                        .arg("-inf")
-                        .arg(now)
-                        .ignore();
-                    p.cmd("PEXPIRE")
-                        .arg(&key)
-                        .arg(s.presence_ttl_s * 2000)
-                        .ignore();
                 }
                 Cmd::Watch { .. } => unreachable!("watches go to the pubsub thread"),
             }
@@ -484,17 +506,20 @@ where
             match pipe.query::<Vec<redis::RedisResult<Value>>>(con) {
                 Ok(replies) => {
                     self.stats.pipelines.fetch_add(1, Ordering::Relaxed);
-                    let noscript = replies
-                        .iter()
-                        .any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")));
-                    if noscript {
-                        // SCRIPT FLUSH behind our back: nothing of this
-                        // batch's publishes ran; load it again and rerun.
-                        self.con = None;
-                        continue;
+                    let rerun = self.answer(std::mem::take(batch), replies);
+                    if rerun.is_empty() {
+                        return;
                     }
-                    self.answer(batch.drain(..), replies);
-                    return;
+                    // NOSCRIPT (a SCRIPT FLUSH, a failover to a replica
+                    // without it): those publishes did not run; load the
+                    // script again and rerun only them.
+                    tracing::warn!(
+                        instance = self.instance,
+                        "Redis lost the publish script; loading it again"
+                    );
+                    *batch = rerun;
+                    self.con = None;
+                    back_off(&mut backoff);
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -511,15 +536,26 @@ where
     }
 
     /// Answer each command from its reply (`ignore()`d commands have
-    /// none; the rest come in batch order).
-    fn answer(&self, batch: impl Iterator<Item = Cmd<T>>, replies: Vec<redis::RedisResult<Value>>) {
+    /// none; the rest come in batch order). Returns the publishes Redis
+    /// answered `NOSCRIPT` (not run), to run again.
+    fn answer(&self, batch: Vec<Cmd<T>>, replies: Vec<redis::RedisResult<Value>>) -> Vec<Cmd<T>> {
         let mut replies = replies.into_iter();
+        let mut rerun = Vec::new();
         for c in batch {
             match c {
-                Cmd::Publish {
-                    shard, room, tag, ..
-                } => {
-                    let result = match replies.next() {
+                Cmd::Publish { .. } => {
+                    let reply = replies.next();
+                    if matches!(&reply, Some(Err(e)) if e.code() == Some("NOSCRIPT")) {
+                        rerun.push(c);
+                        continue;
+                    }
+                    let Cmd::Publish {
+                        shard, room, tag, ..
+                    } = c
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let result = match reply {
                         Some(Ok(Value::Array(v))) => {
                             match (v.first().and_then(int), v.get(1).and_then(text)) {
                                 (Some(seq), Some(epoch)) => Ok((seq, epoch.into())),
@@ -536,17 +572,14 @@ where
                     (self.sink)(shard, Event::Published { room, tag, result });
                 }
                 Cmd::Head { shard, room } => {
-                    let (seq, epoch) = match replies.next() {
-                        Some(Ok(Value::Array(v))) => (
+                    let result = match replies.next() {
+                        Some(Ok(Value::Array(v))) => Ok((
                             v.first().and_then(int).unwrap_or(0),
                             v.get(1).and_then(text).map(Into::into),
-                        ),
-                        other => {
-                            tracing::warn!(room = &*room, "unexpected HMGET reply {other:?}");
-                            (0, None)
-                        }
+                        )),
+                        other => Err(format!("unexpected HMGET reply {other:?}")),
                     };
-                    (self.sink)(shard, Event::Head { room, seq, epoch });
+                    (self.sink)(shard, Event::Head { room, result });
                 }
                 Cmd::Range {
                     shard, room, tag, ..
@@ -558,9 +591,10 @@ where
                     };
                     (self.sink)(shard, Event::Range { room, tag, result });
                 }
-                Cmd::Presence { .. } | Cmd::Watch { .. } => {}
+                Cmd::Presence(_) | Cmd::Watch { .. } => {}
             }
         }
+        rerun
     }
 }
 
@@ -573,6 +607,8 @@ struct Channels<F> {
     sink: Arc<F>,
     stats: Arc<Stats>,
     wanted: HashSet<Box<str>>,
+    /// Channel messages in each shard's inbox, not yet taken.
+    backlog: Arc<[AtomicUsize]>,
 }
 
 impl<F> Channels<F> {
@@ -636,35 +672,42 @@ impl<F> Channels<F> {
     {
         let shards = self.settings.shards;
         let mut ps = con.as_pubsub();
-        // Everything wanted, again after a reconnect: owners check for gaps.
+        // Everything wanted, again after a reconnect: owners check for
+        // gaps. One channel per SUBSCRIBE, so each reply is its own
+        // confirmation (a multi-channel SUBSCRIBE answers once per channel).
         let all: Vec<Box<str>> = self.wanted.iter().cloned().collect();
-        for chunk in all.chunks(256) {
-            let chans: Vec<String> = chunk.iter().map(|r| wire::channel(r)).collect();
-            ps.subscribe(&chans)?;
-            for room in chunk {
-                (self.sink)(
-                    crate::room::owner_of(room, shards),
-                    Event::Subscribed { room: room.clone() },
-                );
-            }
+        for room in all {
+            ps.subscribe(wire::channel(&room))?;
+            (self.sink)(
+                crate::room::owner_of(&room, shards),
+                Event::Subscribed { room },
+            );
         }
         ps.set_read_timeout(Some(WATCH_POLL))?;
         loop {
             loop {
                 match watch.try_recv() {
                     Ok((room, true)) => {
-                        // Always (re)subscribe and report: the owner waits
-                        // for `Subscribed` after each watch it asked for.
+                        // Wanted first: if the connection fails now, the
+                        // reconnect subscribes it (and reports it).
+                        self.wanted.insert(room.clone());
+                        // A reply may take longer than the poll interval:
+                        // wait for it with the reply timeout.
+                        ps.set_read_timeout(Some(REPLY_TIMEOUT))?;
                         ps.subscribe(wire::channel(&room))?;
+                        ps.set_read_timeout(Some(WATCH_POLL))?;
+                        // Always reported: the owner waits for
+                        // `Subscribed` after each watch it asked for.
                         (self.sink)(
                             crate::room::owner_of(&room, shards),
-                            Event::Subscribed { room: room.clone() },
+                            Event::Subscribed { room },
                         );
-                        self.wanted.insert(room);
                     }
                     Ok((room, false)) => {
                         if self.wanted.remove(&room) {
+                            ps.set_read_timeout(Some(REPLY_TIMEOUT))?;
                             ps.unsubscribe(wire::channel(&room))?;
+                            ps.set_read_timeout(Some(WATCH_POLL))?;
                         }
                     }
                     Err(crossbeam_channel::TryRecvError::Empty) => break,
@@ -695,8 +738,17 @@ impl<F> Channels<F> {
                 continue;
             };
             self.stats.received.fetch_add(1, Ordering::Relaxed);
+            let owner = crate::room::owner_of(room, shards);
+            // A shard that falls behind the rooms' combined rate does not
+            // get an ever longer inbox: beyond the bound the message is
+            // dropped here and repaired from the stream as a gap.
+            if self.backlog[owner].fetch_add(1, Ordering::Relaxed) >= MAX_INBOX_MESSAGES {
+                self.backlog[owner].fetch_sub(1, Ordering::Relaxed);
+                self.stats.shed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             (self.sink)(
-                crate::room::owner_of(room, shards),
+                owner,
                 Event::Message(Box::new(Remote {
                     msg,
                     epoch: epoch.into(),

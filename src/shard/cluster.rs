@@ -22,12 +22,14 @@ use tracing::warn;
 use super::durable::Start;
 use super::msg::{Owed, Refusal, ReplayReq, Tag};
 use super::{Origin, Shard, ShardMsg, Work, WriterItem};
-use crate::cluster::{Cmd, Event, Link, Remote, wire};
+use crate::cluster::{Cmd, Event, Link, PresenceChange, Remote, wire};
 use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
 use crate::push::PushJob;
 
-/// Live messages of one room waiting for a gap to be repaired, at most.
+/// Live messages of one room waiting for a gap to be repaired, at most
+/// (count, and bytes of bodies).
 const MAX_PENDING: usize = 65_536;
+const MAX_PENDING_BYTES: usize = 16 << 20;
 
 /// What travels with a command through the Redis threads and back.
 pub(crate) enum CTag {
@@ -38,8 +40,8 @@ pub(crate) enum CTag {
         confirm: Option<Confirm>,
         ts: u64,
     },
-    /// Missing live messages.
-    Gap,
+    /// Missing live messages, up to this seq.
+    Gap(u64),
     /// The part of a replay this node did not see live (read from the
     /// stream and stored before the store is read).
     Backfill {
@@ -65,10 +67,18 @@ struct Watched {
     live_from: u64,
     /// Messages after a gap (or before the room is live), by seq.
     pending: BTreeMap<u64, Box<Remote>>,
+    /// Bytes of bodies in `pending` (bounded by `MAX_PENDING_BYTES`).
+    pending_bytes: usize,
     /// A `Range` for a gap is under way.
     filling: bool,
+    /// The highest seq known to exist (a message seen, a head read): a
+    /// gap up to it is asked for again until it is closed.
+    want_to: u64,
     /// Subscriptions (joins, replays) waiting for the room to be live.
     parked: Vec<Work>,
+    /// Replays from a seq this node has not delivered yet (the client
+    /// came from a node that was ahead): they start once it has.
+    ahead: Vec<(u64, ReplayReq, Start)>,
 }
 
 /// Cluster state of one shard.
@@ -81,6 +91,8 @@ pub(super) struct Cluster {
     /// Publishes sent and not answered (shutdown waits for them).
     in_flight: Cell<usize>,
     next_presence: Cell<Instant>,
+    /// Rooms whose head or gap read failed: asked again by the sweeper.
+    retry: RefCell<Vec<Box<str>>>,
 }
 
 impl Cluster {
@@ -91,6 +103,7 @@ impl Cluster {
             overflow: RefCell::default(),
             in_flight: Cell::new(0),
             next_presence: Cell::new(Instant::now()),
+            retry: RefCell::default(),
         }
     }
 
@@ -258,11 +271,11 @@ impl Shard {
         cl.send(
             self.id,
             room,
-            Cmd::Presence {
+            Cmd::Presence(vec![PresenceChange {
                 room: room.into(),
                 add,
                 remove,
-            },
+            }]),
         );
     }
 
@@ -270,32 +283,89 @@ impl Shard {
     /// their lifetime.
     pub(super) fn cluster_tick(&self, now: Instant) {
         let Some(cl) = &self.cluster else { return };
-        if now < cl.next_presence.get() {
-            return;
-        }
-        let ttl = cl.link.settings().presence_ttl_s;
-        cl.next_presence
-            .set(now + Duration::from_millis(ttl * 1000 / 3));
-        for (room, users) in self.rooms.borrow().present() {
-            for chunk in users.chunks(512) {
+        // Heads and gaps whose read failed, asked again (once per sweeper
+        // tick, not in a loop while Redis is down).
+        let retry = std::mem::take(&mut *cl.retry.borrow_mut());
+        for room in retry {
+            let (live, to) = match cl.watched.borrow().get(&room) {
+                Some(w) => (w.live, w.want_to),
+                None => continue,
+            };
+            if live {
+                self.request_gap(&room, to);
+            } else {
                 cl.send(
                     self.id,
                     &room,
-                    Cmd::Presence {
+                    Cmd::Head {
+                        shard: self.id,
                         room: room.clone(),
-                        add: chunk.to_vec(),
-                        remove: Vec::new(),
                     },
                 );
             }
         }
+        if now < cl.next_presence.get() {
+            return;
+        }
+        let settings = cl.link.settings();
+        let ttl = settings.presence_ttl_s;
+        cl.next_presence
+            .set(now + Duration::from_millis(ttl * 1000 / 3));
+        // One command per instance for up to 512 users.
+        let mut per: HashMap<usize, (usize, Vec<PresenceChange>)> = HashMap::new();
+        for (room, users) in self.rooms.borrow().present() {
+            for chunk in users.chunks(512) {
+                let (n, changes) = per.entry(settings.instance_of(&room)).or_default();
+                *n += chunk.len();
+                changes.push(PresenceChange {
+                    room: room.clone(),
+                    add: chunk.to_vec(),
+                    remove: Vec::new(),
+                });
+                if *n >= 512 {
+                    *n = 0;
+                    let changes = std::mem::take(changes);
+                    let to = changes[0].room.clone();
+                    cl.send(self.id, &to, Cmd::Presence(changes));
+                }
+            }
+        }
+        for (_, (_, changes)) in per {
+            if let Some(to) = changes.first().map(|c| c.room.clone()) {
+                cl.send(self.id, &to, Cmd::Presence(changes));
+            }
+        }
     }
 
-    /// Owner side of a replay in cluster mode: what this node did not see
-    /// live is read from the room's stream and stored first; then the
-    /// store is read as on a single node.
+    /// Owner side of a replay in cluster mode. A client that saw more
+    /// than this node has delivered yet (it comes from a node that was
+    /// ahead) waits until this node catches up, so nothing reaches it
+    /// twice. Then what this node did not see live is read from the
+    /// room's stream and stored first, and the store is read as on a
+    /// single node.
     pub(super) fn cluster_replay(&self, req: ReplayReq, start: Start, upto: u64) {
         let cl = self.cl();
+        if let ReplayFrom::Since(n) = req.from
+            && n > upto
+        {
+            let mut watched = cl.watched.borrow_mut();
+            if let Some(w) = watched.get_mut(&req.room) {
+                let room = req.room.clone();
+                w.ahead.push((n, req, start));
+                drop(watched);
+                // Is the cluster really that far? The head says (a client
+                // claiming more than there is does not wait forever).
+                cl.send(
+                    self.id,
+                    &room,
+                    Cmd::Head {
+                        shard: self.id,
+                        room: room.clone(),
+                    },
+                );
+                return;
+            }
+        }
         let live_from = cl.watched.borrow().get(&req.room).map(|w| w.live_from);
         let after = match req.from {
             ReplayFrom::Since(n) => n,
@@ -320,11 +390,38 @@ impl Shard {
         }
     }
 
+    /// Start the replays waiting for this node to reach their seq, once it
+    /// has (or once Redis says the room is not that far: `head`).
+    fn release_ahead(&self, room: &str, head: Option<u64>) {
+        let cl = self.cl();
+        let mut watched = cl.watched.borrow_mut();
+        let Some(w) = watched.get_mut(room) else {
+            return;
+        };
+        if w.ahead.is_empty() {
+            return;
+        }
+        let last = w.last;
+        let (go, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut w.ahead)
+            .into_iter()
+            .partition(|(n, ..)| *n <= last || head.is_some_and(|h| *n > h));
+        w.ahead = wait;
+        drop(watched);
+        for (_, req, start) in go {
+            // Replayed up to where this node is; for a client ahead of the
+            // cluster, that is all there is.
+            self.durable.start_replay(req, start, last);
+        }
+    }
+
     /// An event from the Redis threads about a room owned here.
     pub(super) fn on_cluster(&self, ev: ClusterEvent) {
         match ev {
             Event::Published { room, tag, result } => self.published(&room, tag, result),
-            Event::Message(m) => self.channel_message(m),
+            Event::Message(m) => {
+                self.cl().link.taken(self.id);
+                self.channel_message(m)
+            }
             Event::Subscribed { room } => {
                 let cl = self.cl();
                 if cl.watched.borrow().contains_key(&room) {
@@ -338,7 +435,13 @@ impl Shard {
                     );
                 }
             }
-            Event::Head { room, seq, epoch } => self.head(&room, seq, epoch),
+            Event::Head { room, result } => match result {
+                Ok((seq, epoch)) => self.head(&room, seq, epoch),
+                Err(e) => {
+                    warn!(room = &*room, "cannot read the room's head in Redis: {e}");
+                    self.cl().retry.borrow_mut().push(room);
+                }
+            },
             Event::Range { room, tag, result } => self.range(&room, tag, result),
             Event::Space => {
                 if self.cl().drain(self.id) {
@@ -412,6 +515,7 @@ impl Shard {
             w.live = true;
             w.last = seq;
             w.live_from = seq;
+            w.want_to = w.want_to.max(seq);
             w.epoch = epoch;
             let parked = std::mem::take(&mut w.parked);
             drop(watched);
@@ -422,30 +526,29 @@ impl Shard {
             }
             return;
         }
-        // Live already: a resubscription after a reconnect. Anything
-        // published meanwhile is read from the stream.
-        if epoch.is_some() && epoch != w.epoch {
-            drop(watched);
-            return self.request_gap(room, seq);
-        }
-        if seq > w.last {
-            drop(watched);
-            self.request_gap(room, seq);
-        }
+        // Live already: a resubscription after a reconnect, or a replay
+        // from ahead asking. Anything published meanwhile is read from the
+        // stream (a new epoch shows on the messages themselves).
+        w.want_to = w.want_to.max(seq);
+        drop(watched);
+        self.request_gap(room, seq);
+        self.release_ahead(room, Some(seq));
     }
 
-    /// Ask for `last + 1 ..= to` from the stream unless a request is out.
+    /// Ask for `last + 1 ..= to` from the stream unless a request is out
+    /// (then `want_to` remembers it, and it is asked when that one ends).
     fn request_gap(&self, room: &str, to: u64) {
         let cl = self.cl();
         let mut watched = cl.watched.borrow_mut();
         let Some(w) = watched.get_mut(room) else {
             return;
         };
-        if w.filling || to <= w.last {
+        w.want_to = w.want_to.max(to);
+        if w.filling || w.want_to <= w.last {
             return;
         }
         w.filling = true;
-        let from = w.last + 1;
+        let (from, to) = (w.last + 1, w.want_to);
         drop(watched);
         cl.send(
             self.id,
@@ -455,7 +558,7 @@ impl Shard {
                 room: room.into(),
                 from,
                 to,
-                tag: CTag::Gap,
+                tag: CTag::Gap(to),
             },
         );
     }
@@ -467,16 +570,33 @@ impl Shard {
         let Some(w) = watched.get_mut(&room) else {
             return; // not watched (any more)
         };
-        if w.pending.len() >= MAX_PENDING {
-            // A gap Redis does not answer for this long: skip the oldest
-            // (it is in the stores of the nodes that saw it).
-            warn!(room = &*room, "too many messages wait for a gap; the oldest is skipped");
-            if let Some((seq, _)) = w.pending.pop_first() {
-                w.last = w.last.max(seq);
-                crate::metrics::local(|m| m.cluster_lost.inc());
+        if m.msg.seq <= w.last && w.live && Some(&m.epoch) == w.epoch.as_ref() {
+            return; // had it (a gap repair was faster)
+        }
+        w.pending_bytes += m.msg.draft.body.len();
+        w.pending.insert(m.msg.seq, m);
+        if w.pending.len() > MAX_PENDING || w.pending_bytes > MAX_PENDING_BYTES {
+            if w.live {
+                // A gap Redis does not close for this long: give it up to
+                // the oldest waiting message (the nodes that saw it have it
+                // in their stores) and go on from there.
+                let first = *w.pending.keys().next().expect("just inserted");
+                if first > w.last + 1 {
+                    let lost = first - w.last - 1;
+                    warn!(
+                        room = &*room,
+                        from = w.last + 1,
+                        lost,
+                        "too much waits for a gap; it is skipped"
+                    );
+                    crate::metrics::local(|m| m.cluster_lost.add(lost));
+                    w.last = first - 1;
+                }
+            } else if let Some((_, oldest)) = w.pending.pop_first() {
+                // Not live yet: the head will be past it anyway.
+                w.pending_bytes -= oldest.msg.draft.body.len();
             }
         }
-        w.pending.insert(m.msg.seq, m);
         let live = w.live;
         drop(watched);
         if live {
@@ -494,9 +614,10 @@ impl Shard {
                 return;
             };
             let Some(first) = w.pending.first_entry() else {
-                return;
+                break;
             };
             let m = first.get();
+            let seq = m.msg.seq;
             if w.epoch.is_some() && Some(&m.epoch) != w.epoch.as_ref() {
                 // Redis lost the room (restart without persistence, an
                 // eviction): a new epoch. Seqs continue after the floor the
@@ -504,33 +625,36 @@ impl Shard {
                 // is not in the new stream.
                 warn!(
                     room,
-                    seq = m.msg.seq,
+                    seq,
                     "the room's epoch changed in Redis (its state there was lost); continuing at the new epoch"
                 );
                 crate::metrics::local(|m| m.cluster_epoch_changes.inc());
                 w.epoch = Some(m.epoch.clone());
-                if m.msg.seq <= w.last {
-                    w.last = m.msg.seq - 1;
+                if seq <= w.last {
+                    w.last = seq - 1;
                 }
             }
-            let seq = m.msg.seq;
             if seq <= w.last {
-                first.remove();
+                let m = first.remove();
+                w.pending_bytes -= m.msg.draft.body.len();
                 continue;
             }
             if seq > w.last + 1 {
-                let to = seq - 1;
                 drop(watched);
-                return self.request_gap(room, to);
+                self.request_gap(room, seq - 1);
+                break;
             }
             let m = first.remove();
+            w.pending_bytes -= m.msg.draft.body.len();
             w.last = seq;
+            w.want_to = w.want_to.max(seq);
             if w.epoch.is_none() {
                 w.epoch = Some(m.epoch.clone());
             }
             drop(watched);
             self.deliver_remote(m.msg);
         }
+        self.release_ahead(room, None);
     }
 
     /// Deliver a message of a watched room to this node's subscribers and
@@ -553,18 +677,25 @@ impl Shard {
             Ok(msgs) => msgs,
             Err(e) => {
                 warn!(room, "cannot read the room's stream: {e}");
-                if let CTag::Backfill { req, start, upto } = tag {
+                match tag {
                     // What the store has is still sent.
-                    self.durable.start_replay(req, start, upto);
-                } else if let Some(w) = self.cl().watched.borrow_mut().get_mut(room) {
-                    // Asked again with the next message or resubscription.
-                    w.filling = false;
+                    CTag::Backfill { req, start, upto } => {
+                        self.durable.start_replay(req, start, upto)
+                    }
+                    CTag::Gap(_) => {
+                        if let Some(w) = self.cl().watched.borrow_mut().get_mut(room) {
+                            w.filling = false;
+                        }
+                        // Asked again by the sweeper.
+                        self.cl().retry.borrow_mut().push(room.into());
+                    }
+                    CTag::Publish { .. } => {}
                 }
                 return;
             }
         };
         match tag {
-            CTag::Gap => {
+            CTag::Gap(to) => {
                 let cl = self.cl();
                 let mut watched = cl.watched.borrow_mut();
                 let Some(w) = watched.get_mut(room) else {
@@ -572,29 +703,14 @@ impl Shard {
                 };
                 w.filling = false;
                 for m in msgs {
-                    if m.msg.seq > w.last {
-                        w.pending.entry(m.msg.seq).or_insert_with(|| Box::new(m));
+                    if m.msg.seq > w.last && !w.pending.contains_key(&m.msg.seq) {
+                        w.pending_bytes += m.msg.draft.body.len();
+                        w.pending.insert(m.msg.seq, Box::new(m));
                     }
-                }
-                // What the stream did not have up to the first pending
-                // message is gone from Redis: skip it (nodes that saw it
-                // have it in their stores).
-                if let Some((&first, _)) = w.pending.first_key_value()
-                    && first > w.last + 1
-                {
-                    let lost = first - w.last - 1;
-                    warn!(
-                        room,
-                        from = w.last + 1,
-                        lost,
-                        "messages missing from the room's stream are skipped"
-                    );
-                    crate::metrics::local(|m| m.cluster_lost.add(lost));
-                    w.last = first - 1;
                 }
                 drop(watched);
                 crate::metrics::local(|m| m.cluster_gaps.inc());
-                self.drain_pending(room);
+                self.close_range(room, to);
             }
             CTag::Backfill { req, start, upto } => {
                 for m in msgs {
@@ -604,5 +720,61 @@ impl Shard {
             }
             CTag::Publish { .. } => {}
         }
+    }
+
+    /// After a gap was read up to `to`: deliver what is pending up to
+    /// there in order, skipping (and counting) the seqs the stream no
+    /// longer had; then go on with what follows, and ask again if more is
+    /// known to exist.
+    fn close_range(&self, room: &str, to: u64) {
+        let cl = self.cl();
+        let mut lost = 0;
+        loop {
+            let mut watched = cl.watched.borrow_mut();
+            let Some(w) = watched.get_mut(room) else {
+                return;
+            };
+            let Some(first) = w.pending.first_entry() else {
+                break;
+            };
+            let seq = *first.key();
+            if seq > to {
+                break;
+            }
+            let m = first.remove();
+            w.pending_bytes -= m.msg.draft.body.len();
+            if seq <= w.last {
+                continue;
+            }
+            lost += seq - w.last - 1;
+            w.last = seq;
+            if w.epoch.as_ref() != Some(&m.epoch) {
+                w.epoch = Some(m.epoch.clone());
+            }
+            drop(watched);
+            self.deliver_remote(m.msg);
+        }
+        let want = {
+            let mut watched = cl.watched.borrow_mut();
+            let Some(w) = watched.get_mut(room) else {
+                return;
+            };
+            if w.last < to {
+                lost += to - w.last;
+                w.last = to;
+            }
+            w.want_to
+        };
+        if lost > 0 {
+            warn!(
+                room,
+                lost,
+                upto = to,
+                "messages missing from the room's stream are skipped"
+            );
+            crate::metrics::local(|m| m.cluster_lost.add(lost));
+        }
+        self.drain_pending(room);
+        self.request_gap(room, want);
     }
 }

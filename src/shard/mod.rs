@@ -831,7 +831,9 @@ impl Shard {
         if let Some(last) = self.cluster_last(&req.room) {
             upto = last;
         }
-        if self.invite_only(&req.room) && rooms.is_member(&req.room, &req.user) != Some(true) {
+        let refused =
+            self.invite_only(&req.room) && rooms.is_member(&req.room, &req.user) != Some(true);
+        if refused {
             // Refused (or removed since): an empty replay, so the
             // subscription's hold ends; the refusal or eviction follows.
             upto = 0;
@@ -841,7 +843,7 @@ impl Shard {
             ReplayFrom::Since(n) => Start::After(n),
             ReplayFrom::Last(k) => Start::LastK(k),
         };
-        if self.cluster.is_some() && upto > 0 {
+        if self.cluster.is_some() && !refused {
             return self.cluster_replay(req, start, upto);
         }
         self.durable.start_replay(req, start, upto);
@@ -1233,7 +1235,12 @@ impl Shard {
                     // Sequence now, so a full writer queue stops the drain.
                     self.run_work();
                 },
-                || !self.durable.congested(),
+                // Not while the writer's or Redis's queue holds items
+                // back: publishes from peers would pile up here.
+                || {
+                    !self.durable.congested()
+                        && !self.cluster.as_ref().is_some_and(|c| c.congested())
+                },
                 PEER_BATCHES_PER_TURN,
             );
             self.after_io();

@@ -213,7 +213,10 @@ mod tests {
         assert_eq!(add_member(&conn, "r", "cy", 2).unwrap(), Added::Full);
         assert_eq!(add_member(&conn, "other", "cy", 2).unwrap(), Added::New);
         assert_eq!(list_members(&conn, "r", 10).unwrap(), ["al", "bob"]);
-        assert_eq!(load_members(&conn, "r", 1).unwrap(), vec![Box::<str>::from("al")]);
+        assert_eq!(
+            load_members(&conn, "r", 1).unwrap(),
+            vec![Box::<str>::from("al")]
+        );
         assert!(is_member(&conn, "r", "bob").unwrap());
         assert!(remove_member(&conn, "r", "bob").unwrap());
         assert!(!remove_member(&conn, "r", "bob").unwrap());

@@ -398,3 +398,115 @@ def test_stomppy_clients_on_different_nodes_chat(cluster):
     assert sorted(b for _, b in got) == sorted(f"s{k}" for k in range(10))
     for c in pubs + [sub]:
         c.disconnect()
+
+
+def sneak_in(redis, room, body_from_seq=1):
+    """Sequence one more message of `room` in Redis behind the nodes' backs:
+    into the stream (a copy of the first entry's fields), not the channel,
+    as when a node's channel connection drops a message."""
+    redis.command("EVAL",
+                  "local e = redis.call('XRANGE', KEYS[2], '-', '+'); local f = e[1][2]; "
+                  "local s = redis.call('HINCRBY', KEYS[1], 'seq', 1); "
+                  "redis.call('XADD', KEYS[2], s .. '-1', f[1], f[2], f[3], f[4]); return s",
+                  "2", f"stampede:{{{room}}}:meta", f"stampede:{{{room}}}:log")
+
+
+def test_a_client_ahead_of_the_node_gets_nothing_twice(cluster, redis):
+    """A client that saw seq 2 on a node that was ahead resumes on a node
+    that has delivered only seq 1: it waits for the node to catch up
+    instead of getting seq 2 again."""
+    nodes = cluster(1)
+    room = uid("room")
+    w = nodes[0].connected(login="w")
+    w.subscribe(f"/topic/{room}")
+    p = nodes[0].connected(login="p")
+    p.send(f"/topic/{room}", "one", receipt=True)
+    assert w.expect_message()["x-seq"] == "1"
+    sneak_in(redis, room)  # seq 2: in Redis, not yet on this node
+    c = nodes[0].connected(login="c")
+    c.subscribe(f"/topic/{room}", headers=[("x-since-seq", "2")])
+    p.send(f"/topic/{room}", "three", receipt=True)
+    got = c.expect_message()
+    assert (got["x-seq"], got.body) == ("3", b"three")
+    c.assert_silent(0.3, "duplicate")
+    # The watcher got the repaired seq 2 before 3.
+    assert [f["x-seq"] for f in w.messages(2)] == ["2", "3"]
+
+
+def test_a_flushed_script_is_loaded_again_and_nothing_is_doubled(cluster, redis):
+    nodes = cluster(1)
+    room = uid("room")
+    s = nodes[0].connected(login="s")
+    s.subscribe(f"/topic/{room}")
+    p = nodes[0].connected(login="p")
+    p.send(f"/topic/{room}", "before", receipt=True)
+    assert b"OK" in redis.command("SCRIPT", "FLUSH")
+    for k in range(5):
+        p.send(f"/topic/{room}", f"after{k}", receipt=(k == 4))
+    got = [(f["x-seq"], f.body.decode()) for f in s.messages(6)]
+    assert got == [("1", "before")] + [(str(k + 2), f"after{k}") for k in range(5)]
+    s.assert_silent(0.3, "duplicate")
+
+
+class SlowProxy:
+    """A TCP proxy to Redis that holds every chunk from Redis for `delay` s
+    (a remote or busy Redis)."""
+
+    def __init__(self, port: int, delay: float):
+        self.target = port
+        self.delay = delay
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            u = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self.pipe, args=(c, u, 0.0), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(u, c, self.delay), daemon=True).start()
+
+    def pipe(self, a, b, delay):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                if delay:
+                    time.sleep(delay)
+                b.sendall(data)
+        except OSError:
+            pass
+        for x in (a, b):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def test_a_slow_redis_still_lets_subscriptions_in(redis, server_factory):
+    proxy = SlowProxy(redis.port, 0.03)
+    try:
+        node = server_factory("--cluster", f"redis://127.0.0.1:{proxy.port}", "--shards", "2")
+        room = uid("room")
+        s = node.connected(login="s")
+        s.subscribe(f"/topic/{room}")          # its RECEIPT needs the SUBSCRIBE's reply
+        s2 = node.connected(login="s2")
+        s2.subscribe(f"/topic/{room}")
+        p = node.connected(login="p")
+        p.send(f"/topic/{room}", "hello", receipt=True)
+        for c in (s, s2):
+            assert c.expect_message().body == b"hello"
+        assert "channels lost" not in node.stderr_text()
+    finally:
+        proxy.close()
