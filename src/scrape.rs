@@ -272,6 +272,11 @@ fn process(t: &mut Text, s: &Sources, started: f64) {
                 &c.pipelines,
             ),
             (
+                "stampede_cluster_shed_total",
+                "Cluster mode: channel messages dropped because their shard's inbox was full (read back from the stream as a gap).",
+                &c.shed,
+            ),
+            (
                 "stampede_cluster_reconnects_total",
                 "Cluster mode: Redis connections lost (commands or channels).",
                 &c.reconnects,

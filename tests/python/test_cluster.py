@@ -284,9 +284,18 @@ def test_gaps_in_the_channel_are_read_back_from_the_stream(cluster, redis):
     assert [(f["x-seq"], f.body.decode()) for f in got] == [("2", "one"), ("3", "three")]
     st, _, body = nodes[0].http("GET", "/metrics")
     text = body.decode()
-    gaps = sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("stampede_cluster_gaps_total"))
-    assert gaps >= 1
+
+    def total(name):
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
+    assert total("stampede_cluster_gaps_total") >= 1
+    assert total("stampede_cluster_lost_total") == 0
+    assert total("stampede_cluster_published_total") == 2
+    assert total("stampede_cluster_received_total") == 3
+    assert total("stampede_cluster_rooms_watched") == 1
+    assert total("stampede_cluster_redis_down") == 0
+    from test_metrics import promtool_check
+    promtool_check(text)
 
 
 def test_cluster_flags_are_checked(tmp_path):
