@@ -108,13 +108,6 @@ impl FromStr for Listen {
     }
 }
 
-impl<'de> Deserialize<'de> for Listen {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 impl std::fmt::Display for Listen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -199,13 +192,6 @@ impl FromStr for Prefixes {
     }
 }
 
-impl<'de> Deserialize<'de> for Prefixes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 impl std::fmt::Display for Prefixes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0.join(","))
@@ -256,13 +242,6 @@ impl FromStr for Cluster {
     }
 }
 
-impl<'de> Deserialize<'de> for Cluster {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 impl std::fmt::Display for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.0.is_empty() {
@@ -271,6 +250,21 @@ impl std::fmt::Display for Cluster {
         f.write_str(&self.0.join(","))
     }
 }
+
+/// TOML values of these types are strings read with their `FromStr`, so
+/// the file and the flag accept (and refuse) the same text.
+macro_rules! deserialize_by_parse {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+deserialize_by_parse!(Listen, Prefixes, Cluster);
 
 /// Declares the settings: the clap parser (`Cli`), the TOML file shape
 /// (`FileConfig`) and the resolved `Config`, from one list.

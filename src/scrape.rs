@@ -210,42 +210,42 @@ fn process(t: &mut Text, s: &Sources, started: f64) {
         );
     }
     if let Some(p) = &s.push {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
-        for (name, help, v) in [
-            (
-                "stampede_push_jobs_total",
-                "Committed messages with away members handed to the push pool.",
-                &p.jobs,
-            ),
-            (
-                "stampede_push_queued_total",
-                "Device pushes queued.",
-                &p.queued,
-            ),
-            (
-                "stampede_push_dropped_total",
-                "Jobs or pushes dropped because the push queue was full.",
-                &p.dropped,
-            ),
-            ("stampede_push_sent_total", "Pushes FCM accepted.", &p.sent),
-            (
-                "stampede_push_failed_total",
-                "Pushes given up (retries exhausted, refused).",
-                &p.failed,
-            ),
-            (
-                "stampede_push_dead_tokens_total",
-                "Devices deleted because FCM called their token dead.",
-                &p.dead_tokens,
-            ),
-            (
-                "stampede_push_requests_total",
-                "HTTP requests to FCM, retries included.",
-                &p.attempts,
-            ),
-        ] {
-            t.single(name, "counter", help, get(v));
-        }
+        counters(
+            t,
+            &[
+                (
+                    "stampede_push_jobs_total",
+                    "Committed messages with away members handed to the push pool.",
+                    &p.jobs,
+                ),
+                (
+                    "stampede_push_queued_total",
+                    "Device pushes queued.",
+                    &p.queued,
+                ),
+                (
+                    "stampede_push_dropped_total",
+                    "Jobs or pushes dropped because the push queue was full.",
+                    &p.dropped,
+                ),
+                ("stampede_push_sent_total", "Pushes FCM accepted.", &p.sent),
+                (
+                    "stampede_push_failed_total",
+                    "Pushes given up (retries exhausted, refused).",
+                    &p.failed,
+                ),
+                (
+                    "stampede_push_dead_tokens_total",
+                    "Devices deleted because FCM called their token dead.",
+                    &p.dead_tokens,
+                ),
+                (
+                    "stampede_push_requests_total",
+                    "HTTP requests to FCM, retries included.",
+                    &p.attempts,
+                ),
+            ],
+        );
         t.single(
             "stampede_push_queue_depth",
             "gauge",
@@ -254,36 +254,36 @@ fn process(t: &mut Text, s: &Sources, started: f64) {
         );
     }
     if let Some(c) = &s.cluster {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
-        for (name, help, v) in [
-            (
-                "stampede_cluster_published_total",
-                "Cluster mode: messages Redis sequenced for this node's publishers.",
-                &c.published,
-            ),
-            (
-                "stampede_cluster_channel_messages_total",
-                "Cluster mode: messages received on the Redis channels of watched rooms.",
-                &c.received,
-            ),
-            (
-                "stampede_cluster_pipelines_total",
-                "Cluster mode: command pipelines sent to Redis.",
-                &c.pipelines,
-            ),
-            (
-                "stampede_cluster_shed_total",
-                "Cluster mode: channel messages dropped because their shard's inbox was full (read back from the stream as a gap).",
-                &c.shed,
-            ),
-            (
-                "stampede_cluster_reconnects_total",
-                "Cluster mode: Redis connections lost (commands or channels).",
-                &c.reconnects,
-            ),
-        ] {
-            t.single(name, "counter", help, get(v));
-        }
+        counters(
+            t,
+            &[
+                (
+                    "stampede_cluster_published_total",
+                    "Cluster mode: messages Redis sequenced for this node's publishers.",
+                    &c.published,
+                ),
+                (
+                    "stampede_cluster_channel_messages_total",
+                    "Cluster mode: messages received on the Redis channels of watched rooms.",
+                    &c.received,
+                ),
+                (
+                    "stampede_cluster_pipelines_total",
+                    "Cluster mode: command pipelines sent to Redis.",
+                    &c.pipelines,
+                ),
+                (
+                    "stampede_cluster_shed_total",
+                    "Cluster mode: channel messages dropped because their shard's inbox was full (read back from the stream as a gap).",
+                    &c.shed,
+                ),
+                (
+                    "stampede_cluster_reconnects_total",
+                    "Cluster mode: Redis connections lost (commands or channels).",
+                    &c.reconnects,
+                ),
+            ],
+        );
         t.single(
             "stampede_cluster_redis_down",
             "gauge",
@@ -355,6 +355,18 @@ fn process(t: &mut Text, s: &Sources, started: f64) {
         "Most open client connections (--max-connections).",
         s.max_connections as f64,
     );
+}
+
+fn get(c: &AtomicU64) -> f64 {
+    c.load(Ordering::Relaxed) as f64
+}
+
+/// Process-wide counters kept as atomics by plain threads: `(name, help,
+/// counter)`.
+fn counters(t: &mut Text, list: &[(&str, &str, &AtomicU64)]) {
+    for (name, help, v) in list {
+        t.single(name, "counter", help, get(v));
+    }
 }
 
 fn page_size() -> u64 {

@@ -264,6 +264,35 @@ where
     })
 }
 
+/// Whether one connection of an instance is counted in `Stats::down`, so
+/// each outage is counted (and logged) once.
+#[derive(Default)]
+struct Outage {
+    down: bool,
+}
+
+impl Outage {
+    /// The connection failed: whether that starts an outage.
+    fn fail(&mut self, stats: &Stats) -> bool {
+        if self.down {
+            return false;
+        }
+        self.down = true;
+        stats.down.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Connected: whether that ends an outage.
+    fn recover(&mut self, stats: &Stats) -> bool {
+        if !self.down {
+            return false;
+        }
+        self.down = false;
+        stats.down.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+}
+
 /// Sleep before the next connect attempt; doubles the back-off.
 fn back_off(backoff: &mut Duration) {
     let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 4);
@@ -389,7 +418,7 @@ where
     /// Connected, with the script loaded; retried with back-off until so.
     fn connection(&mut self) -> &mut redis::Connection {
         let mut backoff = BACKOFF_MIN;
-        let mut reported = false;
+        let mut outage = Outage::default();
         while self.con.is_none() {
             match connect(&self.client).and_then(|mut con| {
                 let sha: String = redis::cmd("SCRIPT")
@@ -399,17 +428,14 @@ where
                 Ok((con, sha))
             }) {
                 Ok((con, sha)) => {
-                    if reported {
-                        self.stats.down.fetch_sub(1, Ordering::Relaxed);
+                    if outage.recover(&self.stats) {
                         tracing::info!(instance = self.instance, "Redis reachable again");
                     }
                     self.sha = sha;
                     self.con = Some(con);
                 }
                 Err(e) => {
-                    if !reported {
-                        reported = true;
-                        self.stats.down.fetch_add(1, Ordering::Relaxed);
+                    if outage.fail(&self.stats) {
                         tracing::warn!(
                             instance = self.instance,
                             "Redis unreachable ({e}); publishes wait and are retried"
@@ -426,6 +452,8 @@ where
         let s = &self.settings;
         let now = crate::clock::now_ms();
         let expiry = now + s.presence_ttl_s * 1000;
+        // Used only by a room new to Redis; one per pipeline is unique enough.
+        let epoch = new_epoch();
         let mut p = redis::pipe();
         p.ignore_errors();
         for c in batch {
@@ -439,7 +467,7 @@ where
                         .arg(wire::meta_key(room))
                         .arg(wire::stream_key(room))
                         .arg(*floor)
-                        .arg(new_epoch())
+                        .arg(&epoch)
                         .arg(s.stream_len)
                         .arg(s.stream_ttl_s)
                         .arg(&blob[..])
@@ -618,14 +646,12 @@ impl<F> Channels<F> {
         F: Fn(usize, Event<T>) + Send + Sync + 'static,
     {
         let mut backoff = BACKOFF_MIN;
-        let mut down = false;
+        let mut outage = Outage::default();
         loop {
             let mut con = match connect(&self.client) {
                 Ok(c) => c,
                 Err(e) => {
-                    if !down {
-                        down = true;
-                        self.stats.down.fetch_add(1, Ordering::Relaxed);
+                    if outage.fail(&self.stats) {
                         tracing::warn!(
                             instance = self.instance,
                             "Redis channels unreachable ({e})"
@@ -635,9 +661,8 @@ impl<F> Channels<F> {
                     continue;
                 }
             };
-            if down {
+            if outage.recover(&self.stats) {
                 backoff = BACKOFF_MIN;
-                self.stats.down.fetch_sub(1, Ordering::Relaxed);
                 tracing::info!(
                     instance = self.instance,
                     "Redis channels reachable again; resubscribing"
@@ -647,8 +672,7 @@ impl<F> Channels<F> {
                 Ok(()) => return, // the shards are gone
                 Err(e) => {
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    down = true;
-                    self.stats.down.fetch_add(1, Ordering::Relaxed);
+                    outage.fail(&self.stats);
                     tracing::warn!(
                         instance = self.instance,
                         "Redis channels lost ({e}); reconnecting"
@@ -773,7 +797,7 @@ impl Presence {
         let clients: Vec<redis::Client> = settings
             .urls
             .iter()
-            .filter_map(|u| redis::Client::open(&**u).ok())
+            .map(|u| redis::Client::open(&**u).expect("opened once by `start`"))
             .collect();
         let n = clients.len();
         Presence {

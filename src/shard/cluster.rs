@@ -21,10 +21,9 @@ use tracing::warn;
 
 use super::durable::Start;
 use super::msg::{Owed, Refusal, ReplayReq, Tag};
-use super::{Origin, Shard, ShardMsg, Work, WriterItem};
+use super::{Origin, Shard, ShardMsg, Work, WriterItem, receipt_of};
 use crate::cluster::{Cmd, Event, Link, PresenceChange, Remote, wire};
 use crate::message::{Confirm, Draft, ReplayFrom, Sequenced};
-use crate::push::PushJob;
 
 /// Live messages of one room waiting for a gap to be repaired, at most
 /// (count, and bytes of bodies).
@@ -227,37 +226,42 @@ impl Shard {
         let Some(cl) = &self.cluster else { return };
         let wanted = self.rooms.borrow().has_subscribers(room);
         let mut watched = cl.watched.borrow_mut();
-        match (wanted, watched.contains_key(room)) {
+        let on = match (wanted, watched.contains_key(room)) {
             (true, false) => {
                 watched.insert(room.into(), Watched::default());
-                drop(watched);
-                cl.send(
-                    self.id,
-                    room,
-                    Cmd::Watch {
-                        room: room.into(),
-                        on: true,
-                    },
-                );
+                true
             }
             (false, true) => {
                 let w = watched.remove(room).expect("checked above");
-                drop(watched);
-                cl.send(
-                    self.id,
-                    room,
-                    Cmd::Watch {
-                        room: room.into(),
-                        on: false,
-                    },
-                );
                 // Their subscriptions are gone; answering lets their
                 // shards clean up. Queued, not run: a connection may be
                 // borrowed here (an UNSUBSCRIBE being handled).
                 self.work.borrow_mut().extend(w.parked);
+                false
             }
-            _ => {}
-        }
+            _ => return,
+        };
+        drop(watched);
+        cl.send(
+            self.id,
+            room,
+            Cmd::Watch {
+                room: room.into(),
+                on,
+            },
+        );
+    }
+
+    /// Ask where `room` stands in Redis (answered by `Event::Head`).
+    fn ask_head(&self, room: &str) {
+        self.cl().send(
+            self.id,
+            room,
+            Cmd::Head {
+                shard: self.id,
+                room: room.into(),
+            },
+        );
     }
 
     /// Presence: `user` came to (`true`) or left `room` on this node.
@@ -294,14 +298,7 @@ impl Shard {
             if live {
                 self.request_gap(&room, to);
             } else {
-                cl.send(
-                    self.id,
-                    &room,
-                    Cmd::Head {
-                        shard: self.id,
-                        room: room.clone(),
-                    },
-                );
+                self.ask_head(&room);
             }
         }
         if now < cl.next_presence.get() {
@@ -355,14 +352,7 @@ impl Shard {
                 drop(watched);
                 // Is the cluster really that far? The head says (a client
                 // claiming more than there is does not wait forever).
-                cl.send(
-                    self.id,
-                    &room,
-                    Cmd::Head {
-                        shard: self.id,
-                        room: room.clone(),
-                    },
-                );
+                self.ask_head(&room);
                 return;
             }
         }
@@ -425,14 +415,7 @@ impl Shard {
             Event::Subscribed { room } => {
                 let cl = self.cl();
                 if cl.watched.borrow().contains_key(&room) {
-                    cl.send(
-                        self.id,
-                        &room,
-                        Cmd::Head {
-                            shard: self.id,
-                            room: room.clone(),
-                        },
-                    );
+                    self.ask_head(&room);
                 }
             }
             Event::Head { room, result } => match result {
@@ -468,10 +451,7 @@ impl Shard {
             Ok(r) => r,
             Err(e) => {
                 warn!(room, "Redis refused a publish: {e}");
-                let receipt = match confirm {
-                    Some(Confirm::Receipt(r)) => Some(r),
-                    _ => None,
-                };
+                let receipt = receipt_of(confirm);
                 self.refuse_at(shard, conn, receipt, Refusal::ClusterRefused(e.into()));
                 return;
             }
@@ -479,19 +459,7 @@ impl Shard {
         crate::metrics::local(|m| m.published.inc());
         let mut rooms = self.rooms.borrow_mut();
         rooms.observed(room, seq);
-        let push = self.push.as_ref().and_then(|_| {
-            let away = rooms.away(room)?;
-            if away.len() == 1 && away[0] == draft.sender {
-                return None;
-            }
-            Some(Box::new(PushJob {
-                room: room.into(),
-                seq,
-                sender: draft.sender.clone(),
-                text: PushJob::text_of(&draft.body),
-                away,
-            }))
-        });
+        let push = self.push_job(&mut rooms, &draft, seq);
         drop(rooms);
         let msg = Sequenced {
             draft,

@@ -719,10 +719,7 @@ impl Shard {
         {
             drop(rooms);
             let (shard, conn) = origin.split(self.id);
-            let receipt = match confirm {
-                Some(Confirm::Receipt(r)) => Some(r),
-                _ => None,
-            };
+            let receipt = receipt_of(confirm);
             self.refuse_at(shard, conn, receipt, Refusal::NotMember(draft.room));
             return;
         }
@@ -782,19 +779,7 @@ impl Shard {
             self.peers.send(p, ShardMsg::Deliver(msg.clone()));
         }
         rooms.deliver_local(&msg, &self.conns);
-        let push = self.push.as_ref().and_then(|_| {
-            let away = rooms.away(&msg.draft.room)?;
-            if away.len() == 1 && away[0] == msg.draft.sender {
-                return None;
-            }
-            Some(Box::new(PushJob {
-                room: msg.draft.room.clone(),
-                seq,
-                sender: msg.draft.sender.clone(),
-                text: PushJob::text_of(&msg.draft.body),
-                away,
-            }))
-        });
+        let push = self.push_job(&mut rooms, &msg.draft, seq);
         drop(rooms);
         let (shard, conn) = origin.split(self.id);
         let owed = confirm.map(|what| Owed { shard, conn, what });
@@ -812,6 +797,23 @@ impl Shard {
                 Confirm::Group(_) => debug_assert!(false, "group confirm without a store"),
             }
         }
+    }
+
+    /// The push a stored message owes its room's away members (push on,
+    /// someone away besides the sender).
+    fn push_job(&self, rooms: &mut Rooms, draft: &Draft, seq: u64) -> Option<Box<PushJob>> {
+        self.push.as_ref()?;
+        let away = rooms.away(&draft.room)?;
+        if away.len() == 1 && away[0] == draft.sender {
+            return None;
+        }
+        Some(Box::new(PushJob {
+            room: draft.room.clone(),
+            seq,
+            sender: draft.sender.clone(),
+            text: PushJob::text_of(&draft.body),
+            away,
+        }))
     }
 
     /// Owner side: fix where the replay ends (the last seq given so far;
@@ -873,10 +875,7 @@ impl Shard {
                             origin, confirm, ..
                         } => {
                             let (shard, conn) = origin.split(self.id);
-                            let receipt = match confirm {
-                                Some(Confirm::Receipt(r)) => Some(r),
-                                _ => None,
-                            };
+                            let receipt = receipt_of(confirm);
                             (shard, conn, receipt)
                         }
                         Work::Replay(req) => (req.shard, req.conn, None),
@@ -1254,6 +1253,15 @@ impl Shard {
             // run between two rounds.
             futures_lite::future::yield_now().await;
         }
+    }
+}
+
+/// The RECEIPT a refused SEND still owes (a transaction's part owes none:
+/// its COMMIT is answered by the ERROR).
+fn receipt_of(confirm: Option<Confirm>) -> Option<Box<str>> {
+    match confirm {
+        Some(Confirm::Receipt(r)) => Some(r),
+        _ => None,
     }
 }
 
