@@ -49,6 +49,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A reply that takes longer means Redis is gone: reconnect.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A channel connection that has heard nothing for this long sends a
+/// `PING`. A subscriber only reads, so without it a connection whose
+/// other end vanished without a FIN (the Redis host crashed, its address
+/// moved to a promoted replica, a middlebox forgot the flow) would wait
+/// for messages forever; the `PING` gets an RST at once, or no reply
+/// within [`REPLY_TIMEOUT`], and the thread reconnects and resubscribes.
+const CHANNEL_PING: Duration = Duration::from_secs(1);
 
 /// What cluster mode is started with.
 #[derive(Debug, Clone)]
@@ -708,6 +715,7 @@ impl<F> Channels<F> {
             );
         }
         ps.set_read_timeout(Some(WATCH_POLL))?;
+        let mut heard = Instant::now();
         loop {
             loop {
                 match watch.try_recv() {
@@ -740,9 +748,20 @@ impl<F> Channels<F> {
             }
             let msg = match ps.get_message() {
                 Ok(m) => m,
-                Err(e) if e.is_timeout() => continue,
+                Err(e) if e.is_timeout() => {
+                    if heard.elapsed() >= CHANNEL_PING {
+                        // Messages that come before the pong wait in the
+                        // connection for the next `get_message`.
+                        ps.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                        ps.ping::<Value>()?;
+                        ps.set_read_timeout(Some(WATCH_POLL))?;
+                        heard = Instant::now();
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
+            heard = Instant::now();
             let Some(room) = msg.get_channel_name().strip_prefix(wire::CHANNEL_PREFIX) else {
                 continue;
             };

@@ -376,7 +376,7 @@ impl Shard {
                     },
                 );
             }
-            _ => self.durable.start_replay(req, start, upto),
+            _ => self.replay(req, start, upto),
         }
     }
 
@@ -400,7 +400,7 @@ impl Shard {
         for (_, req, start) in go {
             // Replayed up to where this node is; for a client ahead of the
             // cluster, that is all there is.
-            self.durable.start_replay(req, start, last);
+            self.replay(req, start, last);
         }
     }
 
@@ -647,9 +647,7 @@ impl Shard {
                 warn!(room, "cannot read the room's stream: {e}");
                 match tag {
                     // What the store has is still sent.
-                    CTag::Backfill { req, start, upto } => {
-                        self.durable.start_replay(req, start, upto)
-                    }
+                    CTag::Backfill { req, start, upto } => self.replay(req, start, upto),
                     CTag::Gap(_) => {
                         if let Some(w) = self.cl().watched.borrow_mut().get_mut(room) {
                             w.filling = false;
@@ -684,7 +682,7 @@ impl Shard {
                 for m in msgs {
                     self.durable.persist(WriterItem::msg(m.msg, Tag::default()));
                 }
-                self.durable.start_replay(req, start, upto);
+                self.replay(req, start, upto);
             }
             CTag::Publish { .. } => {}
         }

@@ -58,6 +58,12 @@ pub(crate) enum Start {
     LastK(u64),
 }
 
+/// A replay from `start` up to `upto` reads nothing: the subscriber has
+/// seen it all, or the room has nothing yet.
+pub(crate) fn nothing_to_replay(start: Start, upto: u64) -> bool {
+    matches!(start, Start::After(after) if after >= upto) || upto == 0
+}
+
 /// Work that may wait for rooms being loaded or reserving seqs, in all
 /// rooms of a shard, before the shard stops reading its clients.
 const MAX_WAITING_WORK: usize = 65_536;
@@ -378,7 +384,7 @@ impl Durable {
         } = req;
         let to = self.handles[shard].clone();
         let Some(store) = &self.store else { return };
-        if matches!(start, Start::After(after) if after >= upto) || upto == 0 {
+        if nothing_to_replay(start, upto) {
             to.send(External::ReplayPage {
                 conn,
                 sub_n,

@@ -389,8 +389,9 @@ impl Shard {
     fn subscribe(&self, me: &ConnRef, token: ConnToken, sub: NewSub<'_>) -> Subscribed {
         let owner = owner_of(sub.room, self.nshards);
         let tracking = self.tracking;
+        let replay = sub.replay.is_some();
         let hold =
-            (tracking || sub.replay.is_some()).then(|| Hold::new(tracking, sub.replay.is_some()));
+            (tracking || replay).then(|| Hold::new(tracking, replay, replay && owner != self.id));
         let added = self.rooms.borrow_mut().add_local(
             sub.room,
             Subscriber {
@@ -848,7 +849,56 @@ impl Shard {
         if self.cluster.is_some() && !refused {
             return self.cluster_replay(req, start, upto);
         }
-        self.durable.start_replay(req, start, upto);
+        self.replay(req, start, upto);
+    }
+
+    /// Replay `req` from `start` up to `upto`. A subscriber on another
+    /// shard also gets a mark over the mesh, behind the live messages up
+    /// to `upto` sent there before: the store's pages come on another
+    /// channel and could overtake them, and its hold ends only once both
+    /// are in (else one the client has seen could get through). With
+    /// nothing to read, the mark is the whole answer.
+    fn replay(&self, req: ReplayReq, start: Start, upto: u64) {
+        if req.shard == self.id {
+            return self.durable.start_replay(req, start, upto);
+        }
+        let empty = durable::nothing_to_replay(start, upto);
+        let ReplayReq { conn, sub_n, .. } = req;
+        self.peers.send(
+            req.shard,
+            ShardMsg::Replayed {
+                conn,
+                sub_n,
+                upto,
+                empty,
+            },
+        );
+        if !empty {
+            self.durable.start_replay(req, start, upto);
+        }
+    }
+
+    /// The owner's mark for a replay (`ShardMsg::Replayed`).
+    fn on_replay_mark(&self, token: ConnToken, sub_n: u32, upto: u64, empty: bool) {
+        let Some(conn) = self.conns.get(token) else {
+            return;
+        };
+        let mut c = conn.borrow_mut();
+        if !c.takes_output() {
+            return;
+        }
+        let Some((room, key)) = c.session().subscription(sub_n) else {
+            return; // unsubscribed meanwhile
+        };
+        let room: Box<str> = room.into();
+        self.rooms
+            .borrow_mut()
+            .replay_marked(&conn, &mut c, &room, key, sub_n, upto);
+        self.conns.queue_flush(&conn, &mut c);
+        drop(c);
+        if empty {
+            self.on_replay_page(token, sub_n, upto, Ok(Page::default()));
+        }
     }
 
     /// A room's last stored seq was read (or could not be): run what waited.
@@ -1040,6 +1090,12 @@ impl Shard {
                 }
             }
             ShardMsg::Replay(req) => self.work.borrow_mut().push_back(Work::Replay(req)),
+            ShardMsg::Replayed {
+                conn,
+                sub_n,
+                upto,
+                empty,
+            } => self.on_replay_mark(conn, sub_n, upto, empty),
             ShardMsg::Join(req) => self.work.borrow_mut().push_back(Work::Join(req)),
             ShardMsg::Member(req) => self.work.borrow_mut().push_back(Work::Member(req)),
             ShardMsg::Online(req) => self.online(req),

@@ -199,6 +199,16 @@ pub(crate) enum ShardMsg {
     /// (sent after the subscription's `Interest`, so the owner knows from
     /// which seq on the live messages reach it).
     Replay(ReplayReq),
+    /// From a room's owner: the replay of subscription `sub_n` of `conn`
+    /// goes up to `upto`, and every live message up to it was sent before
+    /// this (the store's pages come on another channel). `empty`: nothing
+    /// to read, this is the whole answer.
+    Replayed {
+        conn: ConnToken,
+        sub_n: u32,
+        upto: u64,
+        empty: bool,
+    },
     /// Shutdown: the sender reads no more client frames; everything it
     /// sent before this is in the channel ahead of it.
     Quiesce,
@@ -248,6 +258,7 @@ impl ShardMsg {
                     room.len() + reply.as_ref().map_or(0, |(_, r)| r.len())
                 }
                 ShardMsg::Replay(req) => req.room.len() + req.user.len(),
+                ShardMsg::Replayed { .. } => 0,
                 ShardMsg::Join(j) => {
                     j.room.len() + j.user.len() + j.receipt.as_ref().map_or(0, |r| r.len())
                 }

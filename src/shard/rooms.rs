@@ -60,16 +60,22 @@ pub(crate) struct Hold {
     admitting: bool,
     /// Waiting for the replay's last page.
     replaying: bool,
+    /// Waiting for the owner's mark on the mesh (an owner on another
+    /// shard): every live message the replay covers was sent before it.
+    /// The store's pages come on another channel and may overtake those.
+    syncing: bool,
     /// The last seq the replay covered (held messages up to it are dropped).
     upto: u64,
 }
 
 impl Hold {
-    /// A hold waiting for the owner (`admitting`) and/or a replay.
-    pub fn new(admitting: bool, replaying: bool) -> Box<Hold> {
+    /// A hold waiting for the owner (`admitting`) and/or a replay, and
+    /// for the owner's mark if it is on another shard (`syncing`).
+    pub fn new(admitting: bool, replaying: bool, syncing: bool) -> Box<Hold> {
         Box::new(Hold {
             admitting,
             replaying,
+            syncing,
             ..Hold::default()
         })
     }
@@ -684,9 +690,35 @@ impl Rooms {
         }
         let hold = sub.hold.as_mut().expect("checked above");
         hold.replaying = false;
-        hold.upto = upto;
+        hold.upto = hold.upto.max(upto);
         release(sub, c, limits);
         PageDone::Finished
+    }
+
+    /// The owner's mark for subscription `sub_n` of `conn` came over the
+    /// mesh: every live message up to `upto` has reached this shard.
+    pub fn replay_marked(
+        &mut self,
+        conn: &ConnRef,
+        c: &mut Conn,
+        room: &str,
+        key: usize,
+        sub_n: u32,
+        upto: u64,
+    ) {
+        let limits = self.limits;
+        let Some(sub) = self.local.get_mut(room, key) else {
+            return;
+        };
+        if sub.sub_n != sub_n || !std::rc::Rc::ptr_eq(&sub.conn, conn) {
+            return;
+        }
+        let Some(hold) = sub.hold.as_mut() else {
+            return;
+        };
+        hold.syncing = false;
+        hold.upto = hold.upto.max(upto);
+        release(sub, c, limits);
     }
 
     /// Rooms owned here.
@@ -703,7 +735,11 @@ impl Rooms {
 /// Once a subscription is let in and its replay is sent, write the live
 /// messages held meanwhile (those the replay did not cover).
 fn release(sub: &mut Subscriber, c: &mut Conn, limits: FanoutLimits) {
-    if sub.hold.as_ref().is_none_or(|h| h.admitting || h.replaying) {
+    if sub
+        .hold
+        .as_ref()
+        .is_none_or(|h| h.admitting || h.replaying || h.syncing)
+    {
         return;
     }
     let hold = sub.hold.take().expect("checked above");

@@ -154,14 +154,15 @@ class Server:
 
 def start_server(base_dir: Path, *extra_args: str, env: Optional[dict] = None,
                  listen: str = "127.0.0.1:0", stomp_listen: str = "127.0.0.1:0",
-                 binary: Optional[Path] = None) -> Server:
+                 binary: Optional[Path] = None, wrap: tuple = ()) -> Server:
+    """`wrap`: a command that execs the server in place (`ip netns exec NS`)."""
     binary = binary or stampede_bin()
     if not binary.exists():
         pytest.fail(f"stampede binary not found at {binary} (set STAMPEDE_BIN or run cargo build --release)")
     data_dir = base_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     stderr_path = base_dir / "stderr.log"
-    args = [str(binary), "--listen", listen, "--stomp-listen", stomp_listen,
+    args = [*wrap, str(binary), "--listen", listen, "--stomp-listen", stomp_listen,
             "--data-dir", str(data_dir), *[str(a) for a in extra_args]]
     if "--admin-token" not in args:
         args += ["--admin-token", ADMIN_TOKEN]

@@ -8,6 +8,7 @@ stampede nodes pointed at it, each with its own data dir and ports.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from conftest import ADMIN, Frame, uid
 from test_fake_fcm import fake_fcm_factory, key  # noqa: F401  (fixtures)
 
 REDIS = shutil.which("redis-server")
+IP = shutil.which("ip")
 
 
 def free_port() -> int:
@@ -32,37 +34,45 @@ def free_port() -> int:
 
 
 class Redis:
-    def __init__(self, base: Path):
+    """A redis-server of the test's own; `wrap` runs it elsewhere (`ip
+    netns exec NS`, with `host` that namespace's address)."""
+
+    def __init__(self, base: Path, host: str = "127.0.0.1", port: int = 0, wrap: tuple = ()):
         self.base = base
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port()
+        self.wrap = wrap
         self.proc = None
         self.start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"redis://{self.host}:{self.port}"
 
     def start(self):
         # No persistence: a restart loses every room's state (a new epoch),
         # the hard case for the nodes.
         self.proc = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.base), "--daemonize", "no"],
+            [*self.wrap, REDIS, "--port", str(self.port), "--bind", self.host, "--save", "",
+             "--appendonly", "no", "--dir", str(self.base), "--daemonize", "no",
+             # Off loopback only inside the test's own namespaces.
+             "--protected-mode", "yes" if self.host == "127.0.0.1" else "no"],
             stdout=open(self.base / "redis.log", "ab"), stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return
             except OSError:
                 pass
             time.sleep(0.05)
+        self.stop()
         raise AssertionError("redis-server did not start")
 
     def command(self, *args: str) -> bytes:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+        with socket.create_connection((self.host, self.port), timeout=5) as s:
             out = f"*{len(args)}\r\n".encode()
             for a in args:
                 b = a.encode()
@@ -86,6 +96,85 @@ def redis(tmp_path_factory):
     r = Redis(tmp_path_factory.mktemp("redis"))
     yield r
     r.stop()
+
+
+def ip(*args: str):
+    subprocess.run([IP, *args], check=True, capture_output=True, timeout=10)
+
+
+class Net:
+    """Hosts on one virtual LAN: a bridge in the test's own namespace and,
+    per host, a network namespace with one address on it over a veth
+    pair. Nodes and Redis then share a network, as on separate machines,
+    not one loopback; and a host can vanish from it without a word."""
+
+    _made = itertools.count()
+
+    def __init__(self):
+        # Interface names stay under 16 bytes; the pid keeps xdist workers apart.
+        self.tag = f"{os.getpid() % 10000}{next(Net._made)}"
+        self.bridge = f"stb{self.tag}"
+        self.veths = itertools.count()
+        self.hosts: dict = {}  # name -> (namespace, our end of its veth)
+        taken = subprocess.run([IP, "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        third = next(x for k in range(256) if f"10.231.{(x := (os.getpid() + 37 * k) % 256)}." not in taken)
+        self.prefix = f"10.231.{third}"
+        ip("link", "add", self.bridge, "type", "bridge")
+        ip("addr", "add", f"{self.prefix}.254/24", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+
+    def host(self, name: str, octet: int) -> tuple:
+        """A host `name` at `.octet`: its address and the command that runs
+        a process there. The same name and octet again (after `remove`) is
+        a new host with the same address and MAC (a promoted replica
+        behind a floating address)."""
+        ns = f"stpd{self.tag}{name}"
+        veth = f"stv{self.tag}x{next(self.veths)}"
+        ip("netns", "add", ns)
+        ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        ip("link", "set", veth, "master", self.bridge)
+        ip("link", "set", veth, "up")
+        ip("-n", ns, "link", "set", "eth0", "address", f"02:00:0a:e7:{octet // 256:02x}:{octet % 256:02x}")
+        ip("-n", ns, "addr", "add", f"{self.prefix}.{octet}/24", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        self.hosts[name] = (ns, veth)
+        return f"{self.prefix}.{octet}", (IP, "netns", "exec", ns)
+
+    def cut(self, name: str):
+        """Nothing reaches `name` or leaves it any more."""
+        ip("link", "set", self.hosts[name][1], "down")
+
+    def remove(self, name: str):
+        """`name` is gone, and with it every socket it had. (A namespace
+        lives on, unnamed, while its orphaned sockets retry their FINs;
+        deleting our end of the veth takes the link with it at once.)"""
+        ns, veth = self.hosts.pop(name)
+        ip("link", "del", veth)
+        ip("netns", "del", ns)
+
+    def close(self):
+        for name in list(self.hosts):
+            try:
+                self.remove(name)
+            except subprocess.SubprocessError:
+                pass
+        subprocess.run([IP, "link", "del", self.bridge], capture_output=True)
+
+
+@pytest.fixture
+def net():
+    """A `Net`, where this machine lets us make network namespaces (root,
+    iproute2); skipped elsewhere."""
+    if IP is None:
+        pytest.skip("no `ip` command (iproute2) for network namespaces")
+    try:
+        n = Net()
+    except (subprocess.SubprocessError, OSError) as e:
+        err = getattr(e, "stderr", b"") or b""
+        pytest.skip(f"network namespaces are not available here: {e} {err.decode(errors='replace')}")
+    yield n
+    n.close()
 
 
 @pytest.fixture
@@ -156,6 +245,61 @@ def test_publishers_and_subscribers_on_every_node_see_one_order(cluster):
         import json
         got = [(m["seq"], m["body"]) for m in json.loads(body)["messages"]]
         assert got == first
+
+
+def test_nodes_on_a_network_survive_redis_failing_over_to_a_new_host(net, server_factory, tmp_path_factory):
+    """Redis and three nodes each in a network namespace of their own, on
+    one virtual LAN: one order everywhere. Then Redis's host vanishes
+    without a FIN reaching anyone (link cut, process killed, namespace
+    gone) and an empty Redis comes up at the same address and MAC, as when
+    a replica is promoted behind a floating address. The nodes' channel
+    connections are then half-open and only ever read: their PING finds
+    out, they resubscribe, and delivery goes on."""
+    if REDIS is None:
+        pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
+    raddr, rwrap = net.host("redis", 1)
+    redis = Redis(tmp_path_factory.mktemp("redis"), host=raddr, port=6379, wrap=rwrap)
+    try:
+        nodes = []
+        for i in range(3):
+            addr, wrap = net.host(f"n{i}", 10 + i)
+            nodes.append(server_factory("--cluster", redis.url, "--cluster-node", f"node{i}", "--shards", "2",
+                                        "--allow-insecure-auth", "true",  # the test's own private LAN
+                                        listen=f"{addr}:0", stomp_listen=f"{addr}:0", wrap=wrap))
+        room = uid("room")
+        subs = []
+        for i, n in enumerate(nodes):
+            assert n.host == f"{net.prefix}.{10 + i}"
+            c = n.connected(login=f"sub{i}")
+            c.subscribe(f"/topic/{room}")
+            subs.append(c)
+        bodies = publish_all(nodes, room, 20)
+        seen = [seqs_and_bodies(c.messages(len(bodies), timeout=30)) for c in subs]
+        assert [s for s, _ in seen[0]] == list(range(1, len(bodies) + 1))
+        assert sorted(b for _, b in seen[0]) == sorted(bodies)
+        for other in seen[1:]:
+            assert other == seen[0], "every node delivers the same order"
+
+        net.cut("redis")
+        redis.stop()
+        net.remove("redis")
+        net.host("redis", 1)
+        redis.start()
+        p = nodes[0].connected(login="p")
+        p.send(f"/topic/{room}", "after the failover", receipt=True)
+        for s in subs:
+            f = s.expect_message(timeout=20)
+            # The new Redis knew nothing of the room: the publisher's floor
+            # keeps the seqs going up.
+            assert (f.body, f["x-seq"]) == (b"after the failover", str(len(bodies) + 1))
+            s.assert_silent(0.3, "duplicate")
+        for i, n in enumerate(nodes):
+            st, _, body = n.http("GET", "/metrics")
+            reconnects = sum(float(line.split()[-1]) for line in body.decode().splitlines()
+                             if line.startswith("stampede_cluster_reconnects_total"))
+            assert reconnects >= 1, f"node {i} never noticed the old Redis was gone"
+    finally:
+        redis.stop()
 
 
 def test_a_client_moved_to_another_node_resumes_without_gap_or_duplicate(cluster):
