@@ -120,6 +120,10 @@ class Net:
         third = next(x for k in range(256) if f"10.231.{(x := (os.getpid() + 37 * k) % 256)}." not in taken)
         self.prefix = f"10.231.{third}"
         ip("link", "add", self.bridge, "type", "bridge")
+        # A bridge left to itself takes the lowest MAC of its ports, so it
+        # changes when a host goes; the hosts' neighbour entries for us,
+        # kept fresh by our ACKs, would then point nowhere.
+        ip("link", "set", self.bridge, "address", "02:00:0a:e7:ff:fe")
         ip("addr", "add", f"{self.prefix}.254/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
 
