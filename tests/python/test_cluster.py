@@ -172,9 +172,16 @@ def net():
     iproute2); skipped elsewhere."""
     if IP is None:
         pytest.skip("no `ip` command (iproute2) for network namespaces")
+    n = None
     try:
         n = Net()
+        # Everything a test does once: a host, a process in it, its removal.
+        _, wrap = n.host("probe", 250)
+        subprocess.run([*wrap, "true"], check=True, capture_output=True, timeout=10)
+        n.remove("probe")
     except (subprocess.SubprocessError, OSError) as e:
+        if n is not None:
+            n.close()
         err = getattr(e, "stderr", b"") or b""
         pytest.skip(f"network namespaces are not available here: {e} {err.decode(errors='replace')}")
     yield n
