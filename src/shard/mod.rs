@@ -878,27 +878,35 @@ impl Shard {
         }
     }
 
-    /// The owner's mark for a replay (`ShardMsg::Replayed`).
+    /// The local connection, room and key of subscription `sub_n` of
+    /// `token`, for what its replay brings (`None`: gone or closing, or
+    /// unsubscribed meanwhile).
+    fn replay_target(&self, token: ConnToken, sub_n: u32) -> Option<(ConnRef, Box<str>, usize)> {
+        let conn = self.conns.get(token)?;
+        let c = conn.borrow();
+        if !c.takes_output() {
+            return None;
+        }
+        let (room, key) = c.session().subscription(sub_n)?;
+        let room: Box<str> = room.into();
+        drop(c);
+        Some((conn, room, key))
+    }
+
+    /// The owner's mark for a replay (`ShardMsg::Replayed`); `empty`: it
+    /// is the whole replay, the last (empty) page too.
     fn on_replay_mark(&self, token: ConnToken, sub_n: u32, upto: u64, empty: bool) {
-        let Some(conn) = self.conns.get(token) else {
+        let Some((conn, room, key)) = self.replay_target(token, sub_n) else {
             return;
         };
         let mut c = conn.borrow_mut();
-        if !c.takes_output() {
-            return;
-        }
-        let Some((room, key)) = c.session().subscription(sub_n) else {
-            return; // unsubscribed meanwhile
-        };
-        let room: Box<str> = room.into();
-        self.rooms
-            .borrow_mut()
-            .replay_marked(&conn, &mut c, &room, key, sub_n, upto);
-        self.conns.queue_flush(&conn, &mut c);
-        drop(c);
+        let mut rooms = self.rooms.borrow_mut();
+        rooms.replay_marked(&conn, &mut c, &room, key, sub_n, upto);
         if empty {
-            self.on_replay_page(token, sub_n, upto, Ok(Page::default()));
+            rooms.replay_page(&conn, &mut c, &room, key, sub_n, upto, &Page::default());
         }
+        drop(rooms);
+        self.conns.queue_flush(&conn, &mut c);
     }
 
     /// A room's last stored seq was read (or could not be): run what waited.
@@ -950,17 +958,10 @@ impl Shard {
         upto: u64,
         result: Result<Page, StoreError>,
     ) {
-        let Some(conn) = self.conns.get(token) else {
+        let Some((conn, room, key)) = self.replay_target(token, sub_n) else {
             return;
         };
         let mut c = conn.borrow_mut();
-        if !c.takes_output() {
-            return;
-        }
-        let Some((room, key)) = c.session().subscription(sub_n) else {
-            return; // unsubscribed meanwhile
-        };
-        let room: Box<str> = room.into();
         let page = match result {
             Ok(p) => p,
             Err(e) => {

@@ -668,11 +668,10 @@ impl Rooms {
         page: &Page,
     ) -> PageDone {
         let limits = self.limits;
-        let Some(sub) = self.local.get_mut(room, key) else {
+        let Some(sub) = self.replay_sub(conn, room, key, sub_n) else {
             return PageDone::Finished;
         };
-        let replaying = sub.hold.as_ref().is_some_and(|h| h.replaying);
-        if sub.sub_n != sub_n || !replaying || !std::rc::Rc::ptr_eq(&sub.conn, conn) {
+        if !sub.hold.as_ref().is_some_and(|h| h.replaying) {
             return PageDone::Finished;
         }
         let now = Instant::now();
@@ -695,6 +694,20 @@ impl Rooms {
         PageDone::Finished
     }
 
+    /// Subscription `sub_n` of `conn` at `key` in `room`, if it is still
+    /// that one (a key may be reused once it ends).
+    fn replay_sub(
+        &mut self,
+        conn: &ConnRef,
+        room: &str,
+        key: usize,
+        sub_n: u32,
+    ) -> Option<&mut Subscriber> {
+        self.local
+            .get_mut(room, key)
+            .filter(|sub| sub.sub_n == sub_n && std::rc::Rc::ptr_eq(&sub.conn, conn))
+    }
+
     /// The owner's mark for subscription `sub_n` of `conn` came over the
     /// mesh: every live message up to `upto` has reached this shard.
     pub fn replay_marked(
@@ -707,12 +720,9 @@ impl Rooms {
         upto: u64,
     ) {
         let limits = self.limits;
-        let Some(sub) = self.local.get_mut(room, key) else {
+        let Some(sub) = self.replay_sub(conn, room, key, sub_n) else {
             return;
         };
-        if sub.sub_n != sub_n || !std::rc::Rc::ptr_eq(&sub.conn, conn) {
-            return;
-        }
         let Some(hold) = sub.hold.as_mut() else {
             return;
         };
