@@ -23,6 +23,7 @@ SKIPPED = {
     "tests/test_rabbitmq_ws.py": "WebSocket transport to RabbitMQ's Web-STOMP endpoint; this run is plain TCP (stomp.py's WSConnection against stampede's /ws is covered by tests/python/test_interop_stomppy.py)",
     "tests/test_basic.py::TestBasic::test_default_to_localhost": "connects to the hard-coded default localhost:61613, which this run cannot own deterministically",
     "tests/test_basic.py::TestBasic::test_host_bind_port": "connects to the hard-coded default localhost:61613, which this run cannot own deterministically",
+    "tests/test_basic.py::TestConnectionErrors::test_connect_nowait_error": "asserts that login `invalid`/`user` is not connected right after a connect that does not wait: a broker without authentication (stampede's default `--auth none`) accepts it, so the outcome is whether CONNECTED arrives before the assert (it failed 3 of 8 runs)",
     "tests/test_basic.py::TestBasic::test_timeout": "no broker involved: it needs a connect to 192.0.2.0 (TEST-NET-1) to hang for the 5 s timeout, which depends on the machine's routing (where 192.0.2.0/24 is on-link the connect fails after ~3 s with EHOSTUNREACH and the test fails)",
 }
 
